@@ -1,0 +1,339 @@
+"""Training objectives: the diffusion v-loss and the multistep consistency loss (design §1.4).
+
+Losses are pure functions of parameters and a batch. The network enters as a `ModelFn`
+(params, z, t, label, train, dropout_rng) -> x̂, so the trainer can jit them with any sharding and
+pass teacher parameters as arguments; `make_model_fn` builds one from a Flax apply function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mcm_jax import diffusion
+from mcm_jax.schedules import Schedule
+
+Array = jax.Array
+Params = Any
+ModelFn = Callable[[Params, Array, Array, Array, bool, Optional[Array]], Array]
+
+METHODS = ("ct", "cd")
+WEIGHTINGS = ("v", "x")
+DISTANCES = ("mse", "pseudo_huber")
+
+
+def make_model_fn(apply_fn: Callable[..., Array], schedule: Schedule) -> ModelFn:
+    """Wraps a v-predicting network `apply_fn(variables, z, logsnr, label, train=, rngs=)`.
+
+    The network sees the log-SNR of t; the wrapper returns x̂ = α_t z − σ_t v̂ in float32.
+    """
+
+    def model_fn(params, z, t, label, train, dropout_rng):
+        alpha, sigma = schedule.alpha_sigma(t)
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        v_hat = apply_fn({"params": params}, z, schedule.logsnr(t), label, train=train, rngs=rngs)
+        return diffusion.x_from_v(v_hat.astype(jnp.float32), z, alpha, sigma)
+
+    return model_fn
+
+
+def teacher_steps_at(
+    iteration: Array | int,
+    start: float = 64,
+    end: float = 1280,
+    anneal_iterations: int = 100_000,
+) -> Array:
+    """N_teacher(i): geometric annealing from `start` to `end` over `anneal_iterations`."""
+    if start < 1 or end < 1:
+        raise ValueError(f"teacher steps start and end must be >= 1, got start={start}, end={end}")
+    if anneal_iterations < 1:
+        raise ValueError(f"anneal_iterations must be >= 1, got {anneal_iterations}")
+    frac = jnp.clip(jnp.asarray(iteration, jnp.float32) / anneal_iterations, 0.0, 1.0)
+    return jnp.exp(math.log(start) + frac * (math.log(end) - math.log(start)))
+
+
+def segment_steps(student_steps: int, n_teacher: Array) -> Array:
+    """N_seg = max(1, round(N_teacher / S)), the teacher steps inside one student segment."""
+    return jnp.maximum(1, jnp.round(jnp.asarray(n_teacher, jnp.float32) / student_steps)).astype(
+        jnp.int32
+    )
+
+
+def sample_times(
+    rng: Array, batch_size: int, student_steps: int, n_teacher: Array | float
+) -> tuple[Array, Array, Array]:
+    """Draws (t_step, t, s) per example on the grid of design §1.4, each float32 of shape (batch,).
+
+    step ~ U{0..S−1}, n ~ U{1..N_seg}; t_step = step/S, t = t_step + n/T, s = t_step + (n−1)/T with
+    T = N_seg·S, so s = t_step exactly when n = 1.
+    """
+    if not (isinstance(student_steps, int) and student_steps >= 1):
+        raise ValueError(f"student_steps must be an integer >= 1, got {student_steps!r}")
+    n_seg = segment_steps(student_steps, n_teacher)
+    total = (n_seg * student_steps).astype(jnp.float32)
+    rng_step, rng_n = jax.random.split(rng)
+    step = jax.random.randint(rng_step, (batch_size,), 0, student_steps)
+    n = jax.random.randint(rng_n, (batch_size,), 1, n_seg + 1)
+    t_step = step.astype(jnp.float32) / student_steps
+    t = t_step + n.astype(jnp.float32) / total
+    s = t_step + (n - 1).astype(jnp.float32) / total
+    return t_step, t, s
+
+
+def consistency_target(
+    x_hat_ref: Array,
+    z_s: Array,
+    z_t: Array,
+    t: Array,
+    s: Array,
+    t_step: Array,
+    schedule: Schedule,
+) -> Array:
+    """x_target = invDDIM_{t→t_step}(DDIM_{s→t_step}(x̂_ref, z_s), z_t).
+
+    The x that, used for a single DDIM jump from z_t, lands where the reference jump from z_s lands.
+    """
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_s, sigma_s = schedule.alpha_sigma(s)
+    alpha_step, sigma_step = schedule.alpha_sigma(t_step)
+    z_ref = diffusion.ddim_step(x_hat_ref, z_s, alpha_s, sigma_s, alpha_step, sigma_step)
+    return diffusion.inverse_ddim(z_ref, z_t, alpha_t, sigma_t, alpha_step, sigma_step)
+
+
+def pseudo_huber(delta: Array, c: float) -> Array:
+    """Per-example sqrt(mean(δ²) + c²) − c, shape (batch,). Large c approaches mean(δ²)/(2c)."""
+    if not c > 0:
+        raise ValueError(f"huber c must be > 0, got {c}")
+    return jnp.sqrt(diffusion.per_example_mean(delta**2) + c**2) - c
+
+
+def weighted_delta(x_hat: Array, x_target: Array, sigma_t: Array, weighting: str) -> Array:
+    """The difference the loss measures: in v-space ((x̂ − x)/σ_t, SNR+1 weighting) or x-space."""
+    if weighting == "v":
+        return (x_hat - x_target) / diffusion.expand_to(sigma_t, x_hat)
+    if weighting == "x":
+        return x_hat - x_target
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def distance(delta: Array, kind: str, huber_c: float) -> Array:
+    """Per-example distance of δ: mean squared error or pseudo-Huber."""
+    if kind == "mse":
+        return diffusion.per_example_mean(delta**2)
+    if kind == "pseudo_huber":
+        return pseudo_huber(delta, huber_c)
+    raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
+
+
+def drop_labels(rng: Array, label: Array, rate: float, null_label: int) -> Array:
+    """Replaces each label by the null label with probability `rate` (classifier-free guidance)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"label dropout rate must be in [0, 1), got {rate}")
+    if rate == 0.0:
+        return label
+    return jnp.where(jax.random.bernoulli(rng, rate, label.shape), null_label, label)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionLossConfig:
+    """The teacher's objective: `distance` of `weighting`-space errors at t ~ U(0, 1)."""
+
+    weighting: str = "v"
+    distance: str = "mse"
+    huber_c: float = 1e-4
+    label_dropout: float = 0.0
+    null_label: int = 0
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyLossConfig:
+    """The multistep consistency objective of design §1.4 (paper defaults)."""
+
+    method: str = "cd"
+    student_steps: int = 8
+    teacher_steps_start: float = 64
+    teacher_steps_end: float = 1280
+    anneal_iterations: int = 100_000
+    xvar_frac: float = 0.75
+    huber_c: float = 1e-4
+    weighting: str = "v"
+    guidance_weight: float = 0.0
+    null_label: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not (isinstance(self.student_steps, int) and self.student_steps >= 1):
+            raise ValueError(f"student_steps must be an integer >= 1, got {self.student_steps!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.xvar_frac < 0:
+            raise ValueError(f"xvar_frac must be >= 0, got {self.xvar_frac}")
+        if not self.huber_c > 0:
+            raise ValueError(f"huber_c must be > 0, got {self.huber_c}")
+        if self.guidance_weight < 0:
+            raise ValueError(f"guidance_weight must be >= 0, got {self.guidance_weight}")
+        if self.guidance_weight > 0 and self.method != "cd":
+            raise ValueError("guidance_weight > 0 needs method='cd' (guidance comes from a teacher)")
+        teacher_steps_at(0, self.teacher_steps_start, self.teacher_steps_end, self.anneal_iterations)
+
+
+def noisy(x: Array, eps: Array, t: Array, schedule: Schedule) -> Array:
+    """z_t = α_t x + σ_t ε."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    return diffusion.expand_to(alpha, x) * x + diffusion.expand_to(sigma, x) * eps
+
+
+def diffusion_loss_at(
+    params: Params,
+    model_fn: ModelFn,
+    x: Array,
+    label: Array,
+    eps: Array,
+    t: Array,
+    dropout_rng: Array | None,
+    *,
+    schedule: Schedule,
+    config: DiffusionLossConfig,
+) -> Array:
+    """Per-example diffusion loss at given times and noise."""
+    z_t = noisy(x, eps, t, schedule)
+    x_hat = model_fn(params, z_t, t, label, True, dropout_rng)
+    _, sigma_t = schedule.alpha_sigma(t)
+    return distance(weighted_delta(x_hat, x, sigma_t, config.weighting), config.distance, config.huber_c)
+
+
+def diffusion_loss(
+    params: Params,
+    batch: dict[str, Array],
+    rng: Array,
+    *,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    config: DiffusionLossConfig,
+) -> tuple[Array, dict[str, Array]]:
+    """The teacher's loss on a batch {image, label}: (mean loss, metrics)."""
+    x = batch["image"].astype(jnp.float32)
+    rng_t, rng_eps, rng_label, rng_dropout = jax.random.split(rng, 4)
+    t = jax.random.uniform(rng_t, (x.shape[0],), jnp.float32)
+    eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
+    label = drop_labels(rng_label, batch["label"], config.label_dropout, config.null_label)
+    per_example = diffusion_loss_at(
+        params, model_fn, x, label, eps, t, rng_dropout, schedule=schedule, config=config
+    )
+    loss = jnp.mean(per_example)
+    return loss, {"loss": loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """What consistency distillation needs of its teacher: a model function and its parameters."""
+
+    model_fn: ModelFn
+    params: Params
+
+
+def teacher_denoise(
+    teacher: Teacher, z_t: Array, t: Array, label: Array, config: ConsistencyLossConfig
+) -> tuple[Array, Array]:
+    """(x_teacher, x_cond): the (guided) teacher prediction and its conditional part.
+
+    With guidance weight w, x_teacher = x_cond + w (x_cond − x_uncond); both halves run as one
+    batch of twice the size.
+    """
+    if config.guidance_weight == 0.0:
+        x_cond = teacher.model_fn(teacher.params, z_t, t, label, False, None)
+        return x_cond, x_cond
+    both = teacher.model_fn(
+        teacher.params,
+        jnp.concatenate([z_t, z_t]),
+        jnp.concatenate([t, t]),
+        jnp.concatenate([label, jnp.full_like(label, config.null_label)]),
+        False,
+        None,
+    )
+    x_cond, x_uncond = jnp.split(both, 2)
+    return x_cond + config.guidance_weight * (x_cond - x_uncond), x_cond
+
+
+def consistency_loss_at(
+    params: Params,
+    model_fn: ModelFn,
+    x: Array,
+    label: Array,
+    eps: Array,
+    times: tuple[Array, Array, Array],
+    dropout_rng: Array | None,
+    *,
+    schedule: Schedule,
+    config: ConsistencyLossConfig,
+    teacher: Teacher | None = None,
+) -> Array:
+    """Per-example multistep consistency loss at given (t_step, t, s) and noise (Algorithm 1)."""
+    t_step, t, s = times
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_s, sigma_s = schedule.alpha_sigma(s)
+    z_t = noisy(x, eps, t, schedule)
+
+    if config.method == "ct":
+        x_teacher, x_var = x, jnp.zeros(x.shape[:1], jnp.float32)
+    else:
+        if teacher is None:
+            raise ValueError("method 'cd' needs a teacher (teacher model function and parameters)")
+        x_teacher, x_cond = teacher_denoise(teacher, z_t, t, label, config)
+        x_var = diffusion.distillation_x_var(x_cond, x, config.xvar_frac)
+    z_s = diffusion.addim_step(x_teacher, z_t, alpha_t, sigma_t, alpha_s, sigma_s, x_var)
+
+    x_hat = model_fn(params, z_t, t, label, True, dropout_rng)
+    # The reference uses the student's own current parameters and the same dropout mask.
+    x_hat_ref = jax.lax.stop_gradient(model_fn(params, z_s, s, label, True, dropout_rng))
+    x_target = consistency_target(x_hat_ref, z_s, z_t, t, s, t_step, schedule)
+    return pseudo_huber(weighted_delta(x_hat, x_target, sigma_t, config.weighting), config.huber_c)
+
+
+def consistency_loss(
+    params: Params,
+    batch: dict[str, Array],
+    rng: Array,
+    iteration: Array | int,
+    *,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    config: ConsistencyLossConfig,
+    teacher: Teacher | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """The MCM loss (CT or CD) on a batch {image, label} at a train iteration: (loss, metrics)."""
+    x = batch["image"].astype(jnp.float32)
+    rng_times, rng_eps, rng_dropout = jax.random.split(rng, 3)
+    n_teacher = teacher_steps_at(
+        iteration, config.teacher_steps_start, config.teacher_steps_end, config.anneal_iterations
+    )
+    times = sample_times(rng_times, x.shape[0], config.student_steps, n_teacher)
+    eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
+    per_example = consistency_loss_at(
+        params,
+        model_fn,
+        x,
+        batch["label"],
+        eps,
+        times,
+        rng_dropout,
+        schedule=schedule,
+        config=config,
+        teacher=teacher,
+    )
+    loss = jnp.mean(per_example)
+    n_seg = segment_steps(config.student_steps, n_teacher)
+    return loss, {"loss": loss, "n_teacher": n_teacher, "n_segment": n_seg.astype(jnp.float32)}

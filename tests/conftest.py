@@ -1,0 +1,10 @@
+"""Test setup: the CPU backend with 8 fake devices, so sharding tests see a mesh."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+# TensorFlow (input pipeline) must never take an accelerator, and keeps quiet in test logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
