@@ -31,7 +31,7 @@ setup(
     name="mcm_jax",
     version="0.1.0",
     description=__doc__,
-    packages=find_packages(include=["mcm_jax", "mcm_jax.*"]),
+    packages=find_packages(include=["mcm_jax", "mcm_jax.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

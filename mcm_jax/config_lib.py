@@ -1,0 +1,255 @@
+"""The experiment configuration: defaults for every field and the checks run before any compute.
+
+Config files in configs/ start from `base_config()` and override fields; every field can be
+overridden on the command line (`--config.mcm.student_steps=8`). `validate` turns a bad value into
+a ValueError that names the field and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mcm_jax import losses
+from mcm_jax.schedules import get_schedule
+
+OBJECTIVES = ("diffusion", "mcm")
+SAMPLERS = ("ddim", "addim")
+LR_DECAYS = ("constant", "cosine")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults (the paper's MCM settings where it gives them)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.objective = "diffusion"  # "diffusion" (teacher) | "mcm" (student, CT or CD)
+
+    c.model_name = "tiny"  # a name of mcm_jax.models.model_config; fields below override it
+    c.model = ml_collections.ConfigDict()  # filled by with_model()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"
+    c.data.resolution = 16
+    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.shuffle_buffer = 10_000
+    c.data.random_flip = False
+    c.data.prefetch = 2
+    c.data.num_parallel_calls = -1  # tf.data.AUTOTUNE
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "cosine"  # cosine | shifted_cosine | interpolated_cosine
+    c.schedule.logsnr_min = -15.0
+    c.schedule.logsnr_max = 15.0
+    c.schedule.noise_resolution = 0  # shifted_cosine: r_n
+    c.schedule.noise_resolution_low = 0  # interpolated_cosine: r_lo
+    c.schedule.noise_resolution_high = 0  # interpolated_cosine: r_hi
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.weighting = "v"
+    c.diffusion.distance = "mse"
+    c.diffusion.huber_c = 1e-4
+    c.diffusion.label_dropout = 0.0  # > 0 trains for classifier-free guidance
+
+    c.mcm = ml_collections.ConfigDict()
+    c.mcm.method = "cd"  # ct | cd
+    c.mcm.student_steps = 8
+    c.mcm.teacher_steps_start = 64
+    c.mcm.teacher_steps_end = 1280
+    c.mcm.anneal_iterations = 100_000
+    c.mcm.xvar_frac = 0.75
+    c.mcm.huber_c = 1e-4
+    c.mcm.weighting = "v"
+    c.mcm.guidance_weight = 0.0
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.workdir = ""  # a diffusion run's workdir (needed by objective "mcm")
+    c.teacher.step = -1  # -1: the latest checkpoint
+    c.teacher.ema_index = 0  # which of the teacher's EMA parameter sets to use
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.warmup_steps = 1000
+    c.optimizer.decay = "constant"  # constant | cosine (to 0 at num_steps)
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.99
+    c.optimizer.eps = 1e-12
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip_norm = 1.0
+    c.ema_decays = (0.9999,)
+
+    c.training = ml_collections.ConfigDict()
+    c.training.batch_size = 2048  # global, over all processes and devices
+    c.training.num_steps = 200_000
+    c.training.log_every = 100
+    c.training.checkpoint_every = 5000
+    c.training.keep_checkpoints = 3  # the last N ...
+    c.training.keep_period = 50_000  # ... and every K-th forever (0: none)
+    c.training.async_checkpointing = True
+    c.training.sample_every = 10_000  # sample grids from the EMA parameters (0: never)
+    c.training.sample_images = 64
+    c.training.sample_method = "addim"  # the teacher's sampler; students always use S-step DDIM
+    c.training.sample_steps = 128  # the teacher's sampler steps
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis; -1: all that the fsdp axis leaves
+    c.mesh.fsdp = 1  # devices that shard parameters and optimizer state
+    c.mesh.fsdp_min_size = 2**18  # parameters smaller than this stay replicated
+
+    c.peak_tflops_per_device = 989.0  # bf16 dense peak used for MFU (H100 SXM: 989)
+    return c
+
+
+def parse_arg(arg: str, **defaults) -> dict:
+    """Parses a config argument string 'a=1,b=x' over `defaults`; unknown keys are an error."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(
+                f"config argument {item!r}: expected key=value with key in {sorted(defaults)}"
+            )
+        values[key] = value
+    return values
+
+
+def with_model(config: ml_collections.ConfigDict, name: str, **overrides) -> ml_collections.ConfigDict:
+    """Sets `model_name` and `model` to the named UViT configuration plus overrides."""
+    from mcm_jax.models import model_config
+
+    config.model_name = name
+    config.model = model_config(name)
+    for key, value in overrides.items():
+        config.model[key] = value
+    return config
+
+
+def schedule_from_config(config: ml_collections.ConfigDict):
+    """The noise schedule the config names, at the data resolution."""
+    s = config.schedule
+    kwargs = {"logsnr_min": s.logsnr_min, "logsnr_max": s.logsnr_max}
+    if s.name == "shifted_cosine":
+        kwargs.update(image_resolution=config.data.resolution, noise_resolution=s.noise_resolution)
+    elif s.name == "interpolated_cosine":
+        kwargs.update(
+            image_resolution=config.data.resolution,
+            noise_resolution_low=s.noise_resolution_low,
+            noise_resolution_high=s.noise_resolution_high,
+        )
+    try:
+        return get_schedule(s.name, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"config.schedule: {e}") from None
+
+
+def null_label(config: ml_collections.ConfigDict) -> int:
+    """The label index that means 'no class' (classifier-free guidance, unconditional data)."""
+    return int(config.model.num_classes)
+
+
+def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
+    d = config.diffusion
+    try:
+        return losses.DiffusionLossConfig(
+            weighting=d.weighting,
+            distance=d.distance,
+            huber_c=d.huber_c,
+            label_dropout=d.label_dropout,
+            null_label=null_label(config),
+        )
+    except ValueError as e:
+        raise ValueError(f"config.diffusion: {e}") from None
+
+
+def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
+    m = config.mcm
+    try:
+        return losses.ConsistencyLossConfig(
+            method=m.method,
+            student_steps=m.student_steps,
+            teacher_steps_start=m.teacher_steps_start,
+            teacher_steps_end=m.teacher_steps_end,
+            anneal_iterations=m.anneal_iterations,
+            xvar_frac=m.xvar_frac,
+            huber_c=m.huber_c,
+            weighting=m.weighting,
+            guidance_weight=m.guidance_weight,
+            null_label=null_label(config),
+        )
+    except ValueError as e:
+        raise ValueError(f"config.mcm: {e}") from None
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks every field the trainer uses; raises ValueError naming the first bad one."""
+    import jax
+
+    from mcm_jax.models import build, validate as validate_model
+
+    _require(
+        config.objective in OBJECTIVES,
+        f"config.objective: {config.objective!r} is not one of {OBJECTIVES}",
+    )
+    build(config.model)
+    validate_model(config.model, config.data.resolution)
+    _require(
+        config.model.resolution == config.data.resolution,
+        f"config.data.resolution ({config.data.resolution}) must equal config.model.resolution "
+        f"({config.model.resolution})",
+    )
+    schedule_from_config(config)
+    diffusion_loss_config(config)
+    if config.objective == "mcm":
+        consistency_loss_config(config)
+        _require(
+            bool(config.teacher.workdir),
+            "config.teacher.workdir: objective 'mcm' needs the workdir of a trained diffusion teacher",
+        )
+    t = config.training
+    for field in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _require(
+            isinstance(t[field], int) and t[field] >= 1,
+            f"config.training.{field}: must be an integer >= 1, got {t[field]!r}",
+        )
+    _require(t.sample_every >= 0, f"config.training.sample_every: must be >= 0, got {t.sample_every}")
+    _require(
+        t.sample_method in SAMPLERS,
+        f"config.training.sample_method: {t.sample_method!r} is not one of {SAMPLERS}",
+    )
+    _require(
+        len(config.ema_decays) >= 1 and all(0.0 <= d < 1.0 for d in config.ema_decays),
+        f"config.ema_decays: need at least one decay in [0, 1), got {tuple(config.ema_decays)}",
+    )
+    _require(
+        0 <= config.teacher.ema_index,
+        f"config.teacher.ema_index: must be >= 0, got {config.teacher.ema_index}",
+    )
+    o = config.optimizer
+    _require(o.learning_rate > 0, f"config.optimizer.learning_rate: must be > 0, got {o.learning_rate}")
+    _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps: must be >= 0, got {o.warmup_steps}")
+    _require(o.decay in LR_DECAYS, f"config.optimizer.decay: {o.decay!r} is not one of {LR_DECAYS}")
+    _require(
+        o.grad_clip_norm >= 0, f"config.optimizer.grad_clip_norm: must be >= 0, got {o.grad_clip_norm}"
+    )
+
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    fsdp = config.mesh.fsdp
+    _require(
+        isinstance(fsdp, int) and fsdp >= 1 and num_devices % fsdp == 0,
+        f"config.mesh.fsdp: must be an integer >= 1 dividing the {num_devices} devices, got {fsdp!r}",
+    )
+    data = num_devices // fsdp if config.mesh.data == -1 else config.mesh.data
+    _require(
+        data * fsdp == num_devices,
+        f"config.mesh.data ({config.mesh.data}) × config.mesh.fsdp ({fsdp}) must equal the "
+        f"{num_devices} devices (use data=-1 to fill)",
+    )
+    _require(
+        t.batch_size % num_devices == 0,
+        f"config.training.batch_size: {t.batch_size} is not divisible by the {num_devices} devices",
+    )

@@ -1,0 +1,44 @@
+"""FID with pytorch-fid's Inception-v3 in Flax: weights, features, statistics, Fréchet distance.
+
+Importable with only jax, flax, numpy and scipy: torch is used once by `python -m
+mcm_jax.fid.convert`, TensorFlow only by `python -m mcm_jax.fid.reference`.
+"""
+
+from mcm_jax.fid.conversion import convert_pytorch_fid_state_dict
+from mcm_jax.fid.frechet import frechet_distance
+from mcm_jax.fid.inception import (
+    FEATURE_DIM,
+    INCEPTION_RESOLUTION,
+    InceptionV3,
+    features,
+    preprocess,
+    resize_bilinear_like_torch,
+    uint8_from_model_range,
+)
+from mcm_jax.fid.sharded import make_sharded_features, replicate_params
+from mcm_jax.fid.statistics import (
+    StatisticsAccumulator,
+    compute_statistics,
+    load_reference_statistics,
+    save_reference_statistics,
+)
+from mcm_jax.fid.weights import load_inception_params
+
+__all__ = [
+    "FEATURE_DIM",
+    "INCEPTION_RESOLUTION",
+    "InceptionV3",
+    "StatisticsAccumulator",
+    "compute_statistics",
+    "convert_pytorch_fid_state_dict",
+    "features",
+    "frechet_distance",
+    "load_inception_params",
+    "load_reference_statistics",
+    "make_sharded_features",
+    "preprocess",
+    "replicate_params",
+    "resize_bilinear_like_torch",
+    "save_reference_statistics",
+    "uint8_from_model_range",
+]

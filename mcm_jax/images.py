@@ -1,0 +1,44 @@
+"""Image helpers: [-1, 1] floats to uint8, grids of samples, PNG files."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats to uint8 [0, 255], rounding to nearest."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tiles uint8 NHWC images into one HWC image, `columns` wide (square by default)."""
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.zeros((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = image
+    return grid
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Writes an HWC uint8 image (C = 1 or 3) as PNG."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+
+
+def write_grid(workdir: str, name: str, samples: np.ndarray, writer=None, step: int = 0) -> str:
+    """Saves a grid of uint8 samples as <workdir>/<name>.png and, given a clu writer, to TensorBoard."""
+    grid = make_grid(samples)
+    path = os.path.join(workdir, f"{name}.png")
+    save_png(path, grid)
+    if writer is not None:
+        writer.write_images(step, {name.split("_")[0]: grid[None]})
+    return path

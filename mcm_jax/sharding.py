@@ -1,0 +1,64 @@
+"""The device mesh, partition rules and host-local → global batches.
+
+The mesh has a data axis and an fsdp axis. Batches are split over both (every device sees its own
+examples); parameters and optimizer state are replicated over `data` and, when large enough,
+split over `fsdp` along their largest divisible dimension (FSDP / ZeRO-3 style). XLA inserts the
+all-gathers and reduce-scatters this implies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, FSDP = "data", "fsdp"
+BATCH_AXES = (DATA, FSDP)
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> Mesh:
+    """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
+    devices = jax.devices() if devices is None else devices
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"mesh fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices")
+    data = len(devices) // fsdp if data == -1 else data
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh data={data} × fsdp={fsdp} must equal the {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+    """Shards the largest dimension divisible by the fsdp axis, for arrays of >= min_size elements."""
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp_size == 0:
+            spec = [None] * len(shape)
+            spec[dim] = FSDP
+            return P(*spec)
+    return P()
+
+
+def tree_shardings(tree: Any, mesh: Mesh, min_size: int = 2**18) -> Any:
+    """NamedShardings for every array leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    fsdp_size = mesh.shape[FSDP]
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, min_size)), tree
+    )
+
+
+def host_local_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles every process's slice of the global batch into global arrays split over devices."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,419 @@
+"""The train state, the pure train step, and the training loop for teachers and MCM students.
+
+`make_train_step` builds a pure function (state, batch, teacher_params) -> (state, metrics) that
+the loop jits with NamedShardings over the mesh and a donated state. The loop, `train_and_evaluate`,
+is one function of (config, workdir): it resumes from the workdir's latest checkpoint (state and
+data position), logs with clu, writes sample grids, and saves on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mcm_jax import checkpointing, config_lib, images, losses, samplers, sharding
+from mcm_jax.models import build, flops_per_example
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes. `nonfinite_step` is the first step whose loss or gradient was not
+    finite (-1 if none); such a step leaves parameters and optimizer state untouched."""
+
+    step: jax.Array
+    params: Params
+    opt_state: Any
+    ema_params: tuple[Params, ...]
+    nonfinite_step: jax.Array
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to the learning rate, then constant or cosine decay to 0 at num_steps."""
+    o = config.optimizer
+    if o.decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, o.learning_rate, max(o.warmup_steps, 1), config.training.num_steps
+        )
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)),
+         optax.constant_schedule(o.learning_rate)],
+        [max(o.warmup_steps, 1)],
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam(W) with warm-up and global-norm gradient clipping (0 disables clipping)."""
+    o = config.optimizer
+    adam = optax.adamw(
+        learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay
+    )
+    if o.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adam)
+    return adam
+
+
+def model_inputs(config: ml_collections.ConfigDict, batch_size: int):
+    """Dummy (z, logsnr, label) of the model's input shapes, for init and eval_shape."""
+    m = config.model
+    z = jnp.zeros((batch_size, m.resolution, m.resolution, m.channels), jnp.float32)
+    return z, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
+
+
+def init_params(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> Params:
+    return model.init({"params": rng}, *model_inputs(config, 1), train=False)["params"]
+
+
+def create_train_state(
+    params: Params, optimizer: optax.GradientTransformation, num_ema: int
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=tuple(params for _ in range(num_ema)),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def make_loss_fn(
+    config: ml_collections.ConfigDict, model_fn: losses.ModelFn, teacher_model_fn: losses.ModelFn | None
+) -> Callable:
+    """loss_fn(params, batch, rng, step, teacher_params) -> (loss, metrics) for the objective."""
+    schedule = config_lib.schedule_from_config(config)
+    if config.objective == "diffusion":
+        loss_config = config_lib.diffusion_loss_config(config)
+
+        def loss_fn(params, batch, rng, step, teacher_params):
+            del step, teacher_params
+            return losses.diffusion_loss(
+                params, batch, rng, model_fn=model_fn, schedule=schedule, config=loss_config
+            )
+
+        return loss_fn
+
+    loss_config = config_lib.consistency_loss_config(config)
+
+    def loss_fn(params, batch, rng, step, teacher_params):
+        teacher = None
+        if loss_config.method == "cd":
+            teacher = losses.Teacher(model_fn=teacher_model_fn, params=teacher_params)
+        return losses.consistency_loss(
+            params, batch, rng, step, model_fn=model_fn, schedule=schedule,
+            config=loss_config, teacher=teacher,
+        )
+
+    return loss_fn
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model_fn: losses.ModelFn,
+    optimizer: optax.GradientTransformation,
+    teacher_model_fn: losses.ModelFn | None = None,
+) -> Callable[[TrainState, dict, Params | None], tuple[TrainState, dict]]:
+    """The pure train step: loss, gradient, clipped Adam update, EMA, non-finite guard."""
+    loss_fn = make_loss_fn(config, model_fn, teacher_model_fn)
+    lr_schedule = learning_rate_schedule(config)
+    decays = tuple(float(d) for d in config.ema_decays)
+    seed = int(config.seed)
+
+    def train_step(state: TrainState, batch: dict, teacher_params: Params | None):
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, rng, state.step, teacher_params
+        )
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = tuple(
+            jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+            for d, ema in zip(decays, state.ema_params)
+        )
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_finite = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), new, old
+        )
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            ema_params=keep_if_finite(ema_params, state.ema_params),
+            nonfinite_step=jnp.where(
+                (state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step
+            ),
+        )
+        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=lr_schedule(state.step))
+        return new_state, metrics
+
+    return train_step
+
+
+def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
+    """Model FLOPs of one example's train step: forward + backward (3×) plus extra forwards
+    (the stop-gradient reference for MCM, the teacher for CD, twice with guidance)."""
+    forward = flops_per_example(config.model, config.data.resolution)
+    multiplier = 3.0
+    if config.objective == "mcm":
+        multiplier += 1.0
+        if config.mcm.method == "cd":
+            multiplier += 2.0 if config.mcm.guidance_weight > 0 else 1.0
+    return multiplier * forward
+
+
+class Trainer:
+    """The compiled pieces of a run: model, mesh, shardings, the jitted step and sampler."""
+
+    def __init__(self, config: ml_collections.ConfigDict, teacher_config=None, devices=None):
+        devices = jax.devices() if devices is None else devices
+        config_lib.validate(config, num_devices=len(devices))
+        self.config = config
+        self.mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        self.model = build(config.model)
+        self.schedule = config_lib.schedule_from_config(config)
+        self.model_fn = losses.make_model_fn(self.model.apply, self.schedule)
+        self.optimizer = make_optimizer(config)
+        min_size = config.mesh.fsdp_min_size
+
+        rng = jax.random.PRNGKey(config.seed)
+        init = lambda rng: create_train_state(
+            init_params(self.model, config, rng), self.optimizer, len(config.ema_decays)
+        )
+        abstract_state = jax.eval_shape(init, rng)
+        self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, min_size)
+        self.abstract_state = checkpointing.abstract_like(abstract_state, self.state_shardings)
+        self._init = jax.jit(init, out_shardings=self.state_shardings)
+
+        teacher_model_fn, teacher_shardings = None, None
+        if config.objective == "mcm":
+            teacher_model = build(teacher_config.model if teacher_config else config.model)
+            teacher_model_fn = losses.make_model_fn(teacher_model.apply, self.schedule)
+            abstract_params = jax.eval_shape(lambda r: init_params(teacher_model, config, r), rng)
+            teacher_shardings = sharding.tree_shardings(abstract_params, self.mesh, min_size)
+            self.abstract_teacher_params = checkpointing.abstract_like(
+                abstract_params, teacher_shardings
+            )
+        batch_shardings = {
+            "image": sharding.batch_sharding(self.mesh),
+            "label": sharding.batch_sharding(self.mesh),
+        }
+        self.train_step = jax.jit(
+            make_train_step(config, self.model_fn, self.optimizer, teacher_model_fn),
+            in_shardings=(self.state_shardings, batch_shardings, teacher_shardings),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+    def init_state(self) -> TrainState:
+        return self._init(jax.random.PRNGKey(self.config.seed))
+
+    def state_from_params(self, params: Params) -> TrainState:
+        """A fresh state (step 0, new optimizer, EMA = params) starting from given parameters."""
+        make = lambda p: create_train_state(p, self.optimizer, len(self.config.ema_decays))
+        return jax.jit(make, out_shardings=self.state_shardings)(params)
+
+    def sample(self, params: Params, num_images: int, rng: jax.Array) -> np.ndarray:
+        """Class-cycling samples from `params` with the run's sampler, as uint8 NHWC."""
+        c = self.config
+        m = c.model
+        labels = jnp.arange(num_images) % max(m.num_classes, 1)
+        if m.num_classes == 0:
+            labels = jnp.zeros(num_images, jnp.int32)
+        if c.objective == "mcm":
+            steps, method = c.mcm.student_steps, "ddim"
+        else:
+            steps, method = c.training.sample_steps, c.training.sample_method
+
+        @jax.jit
+        def run(params, z_1):
+            denoise = lambda z, t: self.model_fn(params, z, t, labels, False, None)
+            return samplers.sample(denoise, z_1, schedule=self.schedule, steps=steps, method=method)
+
+        z_1 = jax.random.normal(rng, (num_images, m.resolution, m.resolution, m.channels))
+        return images.to_uint8(np.asarray(jax.device_get(run(params, z_1))))
+
+
+def load_teacher(config: ml_collections.ConfigDict, trainer: Trainer) -> Params:
+    """The teacher's EMA parameters (config.teacher), sharded for the train step."""
+    t = config.teacher
+    teacher_config = checkpointing.read_config(t.workdir)
+    ckpt = checkpointing.Checkpointer(t.workdir, read_only=True)
+    step = checkpointing.resolve_step(ckpt, t.step, t.workdir)
+    num_ema = len(teacher_config.ema_decays)
+    if t.ema_index >= num_ema:
+        raise ValueError(
+            f"config.teacher.ema_index: {t.ema_index} but the teacher has {num_ema} EMA parameter sets"
+        )
+    ema = ckpt.restore_ema_params(step, (trainer.abstract_teacher_params,) * num_ema)
+    ckpt.close()
+    return ema[t.ema_index]
+
+
+ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "middle_dropout", "name")
+
+
+def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Reads the teacher's config and fails, naming the field, if its network differs."""
+    teacher_config = checkpointing.read_config(config.teacher.workdir)
+    for key, value in config.model.items():
+        if key in ARCHITECTURE_EXEMPT:
+            continue
+        teacher_value = teacher_config.model.get(key)
+        if teacher_value is None or tuple(np.atleast_1d(teacher_value)) != tuple(np.atleast_1d(value)):
+            raise ValueError(
+                f"config.model.{key}: the student has {value!r} but the teacher in "
+                f"{config.teacher.workdir} has {teacher_value!r}; students start from the teacher's "
+                "weights, so the networks must match"
+            )
+    if teacher_config.data.resolution != config.data.resolution:
+        raise ValueError(
+            f"config.data.resolution: {config.data.resolution} differs from the teacher's "
+            f"{teacher_config.data.resolution}"
+        )
+    return teacher_config
+
+
+def _check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
+    workdir = config.teacher.workdir
+    if not os.path.isdir(workdir):
+        raise ValueError(f"config.teacher.workdir: {workdir!r} does not exist")
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (no host sync needed)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: nothing to install
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
+    host = jax.device_get(buffer)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
+    from clu import metric_writers, parameter_overview, periodic_actions
+
+    from mcm_jax import input_pipeline
+
+    teacher_config = None
+    if config.objective == "mcm":
+        _check_teacher_workdir(config)
+        teacher_config = check_teacher_matches(config)
+    trainer = Trainer(config, teacher_config)
+    input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
+    checkpointing.write_config(workdir, config)
+    t = config.training
+    ckpt = checkpointing.Checkpointer(
+        workdir, keep=t.keep_checkpoints, keep_period=t.keep_period,
+        async_checkpointing=t.async_checkpointing,
+    )
+    teacher_params = load_teacher(config, trainer) if config.objective == "mcm" else None
+
+    latest = ckpt.latest_step()
+    data_state = None
+    if latest is not None:
+        items, meta = ckpt.restore(latest, trainer.abstract_state)
+        state = TrainState(
+            step=jnp.asarray(meta["step"], jnp.int32), nonfinite_step=jnp.asarray(-1, jnp.int32),
+            **items,
+        )
+        state = jax.device_put(state, trainer.state_shardings)
+        data_state = meta["data_state"]
+    elif teacher_params is not None:
+        state = trainer.state_from_params(teacher_params)  # students start from the teacher
+    else:
+        state = trainer.init_state()
+    step = int(state.step)
+
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    if step == 0:
+        parameter_overview.log_parameter_overview(state.params)
+        writer.write_hparams(
+            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
+    data = input_pipeline.create_train_iterator(
+        config.data, global_batch_size=t.batch_size, seed=config.seed, state=data_state
+    )
+    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+    flops_per_step = train_flops_per_example(config) * t.batch_size
+    buffer: list[dict] = []
+    last_time, last_step = time.time(), step
+
+    def check_finite(state):
+        bad = int(state.nonfinite_step)
+        if bad >= 0:
+            ckpt.wait()
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {bad}; training stopped. The last good "
+                f"checkpoint in {workdir} is step {ckpt.latest_step()}."
+            )
+
+    with _Preemption() as preemption:
+        while step < t.num_steps:
+            batch = sharding.host_local_to_global(next(data), trainer.mesh)
+            state, metrics = trainer.train_step(state, batch, teacher_params)
+            step += 1
+            if not buffer and step == last_step + 1:
+                # Time from the end of the first step on, so compilation is not counted as speed.
+                jax.block_until_ready(metrics)
+                last_time, last_step = time.time(), step
+            buffer.append(metrics)
+            report(step)
+            if step % t.log_every == 0 or step == t.num_steps:
+                check_finite(state)
+                scalars = _mean_metrics(buffer)
+                buffer = []
+                now = time.time()
+                steps_per_sec = (step - last_step) / (now - last_time)
+                last_time, last_step = now, step
+                tflops = flops_per_step * steps_per_sec / jax.device_count() / 1e12
+                scalars.update(
+                    steps_per_sec=steps_per_sec,
+                    examples_per_sec=steps_per_sec * t.batch_size,
+                    tflops_per_device=tflops,
+                    mfu=tflops / config.peak_tflops_per_device,
+                )
+                writer.write_scalars(step, scalars)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
+                check_finite(state)
+                ckpt.save(step, state, data.get_state())
+            if t.sample_every and step % t.sample_every == 0:
+                grid = trainer.sample(state.ema_params[0], t.sample_images, jax.random.PRNGKey(step))
+                images.write_grid(workdir, f"samples_{step:08d}", grid, writer, step)
+            if preemption.requested:
+                break
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
+    return state
