@@ -324,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     from mcm_jax import input_pipeline
 
+    config_lib.validate(config)
     teacher_config = None
     if config.objective == "mcm":
         _check_teacher_workdir(config)

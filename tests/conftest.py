@@ -11,3 +11,18 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 # TensorFlow (input pipeline) must never take an accelerator, and keeps quiet in test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory):
+    """A TFDS data dir with the bundled digits built (offline) at 16 px, once per test process."""
+    import tensorflow_datasets as tfds
+
+    import mcm_jax.datasets  # noqa: F401  (registers the builder)
+
+    path = tmp_path_factory.mktemp("tfds")
+    tfds.builder("digits/16x16", data_dir=str(path)).download_and_prepare()
+    return path

@@ -1,0 +1,13 @@
+"""UViT models (design §1.6): named configurations, construction, size and cost.
+
+config = model_config("imagenet64_small")
+model = build(config)
+v_hat = model.apply(variables, z, logsnr, label, train=True, rngs={"dropout": key})
+"""
+
+from mcm_jax.models.configs import NAMES, model_config
+from mcm_jax.models.flops import flops_per_example, param_count
+from mcm_jax.models.uvit import UViT, build
+from mcm_jax.models.validation import validate
+
+__all__ = ["NAMES", "UViT", "build", "flops_per_example", "model_config", "param_count", "validate"]

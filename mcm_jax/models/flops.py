@@ -1,0 +1,78 @@
+"""Model size and cost: parameter count (traced, nothing allocated) and analytic forward FLOPs."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mcm_jax.models.configs import RESNET, TRANSFORMER
+from mcm_jax.models.uvit import build
+from mcm_jax.models.validation import validate
+
+
+def param_count(config: ml_collections.ConfigDict, resolution: int) -> int:
+    """Number of parameters of the model at `resolution`, through jax.eval_shape.
+
+    Traced with XLA attention: the parameters do not depend on the attention kernel, and tracing
+    cuDNN attention needs a GPU.
+    """
+    validate(config, resolution)
+    config = ml_collections.ConfigDict(config)
+    config.attention_impl = "xla"
+    model = build(config)
+
+    def init():
+        z = jnp.zeros((1, resolution, resolution, config.channels), jnp.float32)
+        ones = jnp.ones((1,), jnp.float32)
+        return model.init(jax.random.key(0), z, ones, ones.astype(jnp.int32), train=False)
+
+    shapes = jax.eval_shape(init)
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
+
+
+def _dense(tokens: int, fan_in: int, fan_out: int) -> float:
+    return 2.0 * tokens * fan_in * fan_out
+
+
+def _resnet_block(pixels: int, width: int, embedding_width: int) -> float:
+    convs = 2 * _dense(pixels, 9 * width, width)
+    return convs + _dense(1, embedding_width, 2 * width)
+
+
+def _transformer_block(tokens: int, width: int, embedding_width: int, mlp_ratio: int) -> float:
+    projections = _dense(tokens, width, 3 * width) + _dense(tokens, width, width)
+    scores_and_mixing = 2 * _dense(tokens, tokens, width)  # QK^T and AV, summed over heads
+    mlp = 2 * _dense(tokens, width, mlp_ratio * width)
+    return projections + scores_and_mixing + mlp + _dense(1, embedding_width, 4 * width)
+
+
+def flops_per_example(config: ml_collections.ConfigDict, resolution: int) -> float:
+    """Forward FLOPs of one example at `resolution` (a multiply-add is 2 FLOPs).
+
+    Counts dense layers, convolutions and the two attention matmuls (QK^T, AV); leaves out
+    normalisations, activations, softmax, pooling and other elementwise work.
+    """
+    validate(config, resolution)
+    width_e = config.embedding_width
+
+    def block(kind: str, pixels: int, width: int) -> float:
+        if kind == RESNET:
+            return _resnet_block(pixels, width, width_e)
+        return _transformer_block(pixels, width, width_e, config.mlp_ratio)
+
+    first_pixels = resolution**2
+    widths = (*config.level_channels, config.middle_channels)
+    total = _dense(1, config.fourier_features, width_e) + _dense(1, width_e, width_e)
+    total += 2 * _dense(first_pixels, 9 * config.channels, widths[0])  # input and output convs
+
+    for level, (kind, blocks) in enumerate(zip(config.level_kinds, config.level_blocks)):
+        pixels, width = first_pixels // 4**level, widths[level]
+        down_proj = _dense(pixels, widths[level - 1], width) if level > 0 else 0.0
+        up_proj = _dense(pixels // 4, widths[level + 1], width)  # before upsampling
+        skip_merges = blocks * _dense(pixels, 2 * width, width)
+        total += down_proj + up_proj + skip_merges + 2 * blocks * block(kind, pixels, width)
+
+    middle_pixels = first_pixels // 4 ** len(config.level_kinds)
+    total += _dense(middle_pixels, widths[-2], config.middle_channels)
+    total += config.middle_blocks * block(TRANSFORMER, middle_pixels, config.middle_channels)
+    return float(total)

@@ -1,0 +1,178 @@
+"""UViT (simple diffusion, Hoogeboom et al. 2023): a U-Net whose low-resolution levels and middle
+stack are transformer blocks. It predicts v from (z, log-SNR, label)."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
+from mcm_jax.models.configs import RESNET, TRANSFORMER
+from mcm_jax.models.layers import ConditioningEmbedding, sincos_position_embedding
+from mcm_jax.models.validation import DTYPES, validate
+
+
+@functools.cache
+def _block_class(kind: str, remat: str) -> type[nn.Module]:
+    """The block for a level kind, wrapped in nn.remat unless remat is "none"."""
+    block_class = ResNetBlock if kind == RESNET else TransformerBlock
+    if remat == "none":
+        return block_class
+    return nn.remat(block_class, policy=CHECKPOINT_POLICIES[remat])
+
+
+def _downsample(x: jax.Array) -> jax.Array:
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+    """Nearest neighbour, x2 in height and width."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _add_position_embedding(x: jax.Array) -> jax.Array:
+    _, height, width, channels = x.shape
+    position = sincos_position_embedding(height, width, channels).reshape(height, width, channels)
+    return x + position.astype(x.dtype)
+
+
+class UViT(nn.Module):
+    """apply(variables, z, logsnr, label, train=...) -> v_hat, float32, same shape as z (NHWC).
+
+    Down path: per level, its blocks (each output kept as a skip), then 2x2 average pooling and a
+    dense projection to the next width. Middle: transformer blocks. Up path: dense projection,
+    nearest-neighbour upsampling, then per block: concatenate a skip, project back, block.
+    Parameters are float32; compute runs in `dtype`; the output head is zero-initialised.
+    """
+
+    channels: int
+    num_classes: int
+    level_kinds: tuple[str, ...]
+    level_channels: tuple[int, ...]
+    level_blocks: tuple[int, ...]
+    level_dropout: tuple[float, ...]
+    middle_channels: int
+    middle_blocks: int
+    middle_dropout: float
+    embedding_width: int
+    fourier_features: int
+    head_dim: int
+    mlp_ratio: int
+    norm_groups: int
+    dtype: Any
+    attention_impl: str
+    remat: str
+
+    def _block(self, kind: str, width: int, dropout: float, train: bool, name: str) -> nn.Module:
+        shared = dict(channels=width, dropout=dropout, deterministic=not train, dtype=self.dtype)
+        if kind == RESNET:
+            return _block_class(kind, self.remat)(norm_groups=self.norm_groups, name=name, **shared)
+        return _block_class(kind, self.remat)(
+            head_dim=self.head_dim,
+            mlp_ratio=self.mlp_ratio,
+            attention_impl=self.attention_impl,
+            name=name,
+            **shared,
+        )
+
+    def _check_inputs(self, z: jax.Array, logsnr: jax.Array, label: jax.Array) -> None:
+        pooling = 2 ** len(self.level_kinds)
+        if z.ndim != 4 or z.shape[-1] != self.channels:
+            raise ValueError(
+                f"z: expected (batch, height, width, {self.channels}) (channels), got {z.shape}"
+            )
+        if z.shape[1] % pooling or z.shape[2] % pooling:
+            raise ValueError(
+                f"z: height and width {z.shape[1:3]} must be multiples of {pooling} (resolution)"
+            )
+        for arg_name, value in (("logsnr", logsnr), ("label", label)):
+            if value.shape != z.shape[:1]:
+                raise ValueError(
+                    f"{arg_name}: expected shape ({z.shape[0]},) (batch), got {value.shape}"
+                )
+
+    @nn.compact
+    def __call__(
+        self, z: jax.Array, logsnr: jax.Array, label: jax.Array, *, train: bool
+    ) -> jax.Array:
+        self._check_inputs(z, logsnr, label)
+        embedding = ConditioningEmbedding(
+            self.embedding_width,
+            self.fourier_features,
+            self.num_classes,
+            self.dtype,
+            name="conditioning",
+        )(logsnr, label)
+        levels = list(
+            zip(self.level_kinds, self.level_channels, self.level_blocks, self.level_dropout)
+        )
+
+        h = nn.Conv(self.level_channels[0], (3, 3), dtype=self.dtype, name="conv_in")(
+            z.astype(self.dtype)
+        )
+        skips = []
+        for level, (kind, width, blocks, dropout) in enumerate(levels):
+            if level > 0:
+                h = nn.Dense(width, dtype=self.dtype, name=f"down{level}_proj")(_downsample(h))
+            if kind == TRANSFORMER:
+                h = _add_position_embedding(h)
+            for index in range(blocks):
+                h = self._block(kind, width, dropout, train, f"down{level}_block{index}")(
+                    h, embedding
+                )
+                skips.append(h)
+
+        h = nn.Dense(self.middle_channels, dtype=self.dtype, name="middle_proj")(_downsample(h))
+        h = _add_position_embedding(h)
+        for index in range(self.middle_blocks):
+            name = f"middle_block{index}"
+            block = self._block(TRANSFORMER, self.middle_channels, self.middle_dropout, train, name)
+            h = block(h, embedding)
+
+        for level, (kind, width, blocks, dropout) in reversed(list(enumerate(levels))):
+            h = _upsample(nn.Dense(width, dtype=self.dtype, name=f"up{level}_proj")(h))
+            if kind == TRANSFORMER:
+                h = _add_position_embedding(h)
+            for index in range(blocks):
+                merged = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = nn.Dense(width, dtype=self.dtype, name=f"up{level}_skip{index}")(merged)
+                h = self._block(kind, width, dropout, train, f"up{level}_block{index}")(
+                    h, embedding
+                )
+
+        h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        v_hat = nn.Conv(
+            self.channels,
+            (3, 3),
+            dtype=self.dtype,
+            kernel_init=nn.initializers.zeros,
+            name="conv_out",
+        )(h)
+        return v_hat.astype(jnp.float32)
+
+
+def build(config: ml_collections.ConfigDict) -> UViT:
+    """The UViT of a configuration (see configs.py); raises ValueError on a bad configuration."""
+    validate(config, config.resolution)
+    return UViT(
+        channels=config.channels,
+        num_classes=config.num_classes,
+        level_kinds=tuple(config.level_kinds),
+        level_channels=tuple(config.level_channels),
+        level_blocks=tuple(config.level_blocks),
+        level_dropout=tuple(config.level_dropout),
+        middle_channels=config.middle_channels,
+        middle_blocks=config.middle_blocks,
+        middle_dropout=config.middle_dropout,
+        embedding_width=config.embedding_width,
+        fourier_features=config.fourier_features,
+        head_dim=config.head_dim,
+        mlp_ratio=config.mlp_ratio,
+        norm_groups=config.norm_groups,
+        dtype=DTYPES[config.dtype],
+        attention_impl=config.attention_impl,
+        remat=config.remat,
+    )
