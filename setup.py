@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3",
     "tensorflow-cpu>=2.17",
     "tensorflow-datasets>=4.9.6",
+    "importlib_resources",  # needed by tensorflow-datasets builders but not declared by it
     "tensorboard>=2.17",
     "clu>=0.0.12",
     "pillow>=10",

@@ -9,6 +9,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
+# Programs compiled once are reused by later tests and by the training subprocesses they start.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/mcm_jax_test_compilation_cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # TensorFlow (input pipeline) must never take an accelerator, and keeps quiet in test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

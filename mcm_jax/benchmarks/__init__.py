@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print throughput figures (`python -m mcm_jax.benchmarks.<name>`)."""

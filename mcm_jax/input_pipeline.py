@@ -1,0 +1,465 @@
+"""TFDS input pipelines: ImageNet 64/128, imagenet_resized 64, CIFAR-10 and the bundled digits.
+
+Each process reads its own share of a split and yields its slice of the global batch as numpy
+arrays: {"image": (local_batch, H, W, C) float32 in [-1, 1], "label": (local_batch,) int32}, with
+local_batch = global_batch / process_count; the trainer assembles the global array with
+`jax.make_array_from_process_local_data`.
+
+Training streams are a pure function of (seed, epoch, process): every epoch rebuilds its dataset
+with seeds derived from those, reads the files and fills the shuffle buffer in a seeded order, and
+draws each random flip from a stateless generator keyed by the example's position in the epoch.
+The data position is therefore two integers; resuming rebuilds the epoch and skips the consumed
+examples while they are still undecoded records, which is cheap next to decoding them.
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import mcm_jax.datasets  # registers the TFDS builder "digits"
+from mcm_jax.datasets import digits_split
+from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+    """TF only feeds data: it must never claim GPU or TPU memory that JAX needs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except RuntimeError as error:
+        raise RuntimeError(
+            "TensorFlow already runs on an accelerator: import mcm_jax.input_pipeline before "
+            "any TensorFlow op runs, so TF stays on the CPU."
+        ) from error
+
+
+_hide_accelerators_from_tensorflow()
+
+Batch = dict[str, np.ndarray]
+
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+@dataclasses.dataclass(frozen=True)
+class _DatasetSpec:
+    """What a supported data set offers and its defaults."""
+
+    resolutions: tuple[int, ...]  # the only resolutions it can give
+    channels: int
+    num_classes: int
+    eval_split: str
+    random_flip: bool  # default: flip natural images, never digits
+    adm_center_crop: bool  # full-size images: ADM's resize and centre crop
+
+
+_DATASETS = {
+    "digits": _DatasetSpec(
+        digits_split.RESOLUTIONS, 1, digits_split.NUM_CLASSES, "test", False, False
+    ),
+    "cifar10": _DatasetSpec((32,), 3, 10, "test", True, False),
+    "imagenet2012": _DatasetSpec((64, 128), 3, 1000, "validation", True, True),
+    "imagenet_resized/64x64": _DatasetSpec((64,), 3, 1000, "validation", True, False),
+}
+
+
+def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
+    """The data config with the defaults of data set `name`.
+
+    Fields:
+      name: "digits" | "cifar10" | "imagenet2012" | "imagenet_resized/64x64".
+      resolution: image side in pixels; digits 8, 16 or 32; cifar10 32; imagenet2012 64 or 128
+        (ADM's box downsampling, bicubic resize and centre crop); imagenet_resized/64x64 64.
+      data_dir: TFDS data directory; None is TFDS's default ($TFDS_DATA_DIR or
+        ~/tensorflow_datasets); a gs:// path works.
+      train_split, eval_split: TFDS split specs ("train", "validation[:10000]", ...).
+      shuffle_buffer: examples in the shuffle buffer; they are held encoded (ImageNet: about
+        110 kB each).
+      random_flip: random horizontal flips in training (natural images only).
+      prefetch: batches tf.data prepares ahead.
+      num_parallel_calls: decode and preprocess parallelism; -1 is tf.data.AUTOTUNE.
+    """
+    spec = _dataset_spec(name)
+    config = ml_collections.ConfigDict()
+    config.name = name
+    config.resolution = 16 if name == "digits" else spec.resolutions[0]
+    config.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.train_split = "train"
+    config.eval_split = spec.eval_split
+    config.shuffle_buffer = 10_000
+    config.random_flip = spec.random_flip
+    config.prefetch = 2
+    config.num_parallel_calls = -1
+    return config
+
+
+def _dataset_spec(name: str) -> _DatasetSpec:
+    if name not in _DATASETS:
+        raise ValueError(
+            f"data.name={name!r} is not supported: expected one of {sorted(_DATASETS)}."
+        )
+    return _DATASETS[name]
+
+
+def _checked_spec(data_config: ml_collections.ConfigDict) -> _DatasetSpec:
+    """The data set's spec, after checking that it can give data.resolution."""
+    spec = _dataset_spec(data_config.name)
+    if data_config.resolution not in spec.resolutions:
+        raise ValueError(
+            f"data.resolution={data_config.resolution} is not available for "
+            f"data.name={data_config.name!r}: set data.resolution to one of {spec.resolutions}"
+            + ("." if data_config.name in ("digits", "imagenet2012") else
+               " (imagenet2012 gives 64 and 128).")
+        )
+    return spec
+
+
+def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, C) of one example: C is 1 for digits, 3 for the others."""
+    spec = _checked_spec(data_config)
+    return (data_config.resolution, data_config.resolution, spec.channels)
+
+
+def num_classes(data_config: ml_collections.ConfigDict) -> int:
+    """Number of class labels (labels are 0 .. num_classes - 1)."""
+    return _dataset_spec(data_config.name).num_classes
+
+
+def validate(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    local_device_count: int | None = None,
+    process_count: int | None = None,
+) -> None:
+    """Checks the data config and batch size before any compute; raises ValueError naming the field.
+
+    Also checks that imagenet2012 is prepared (TFDS cannot download it).
+    """
+    missing = sorted(set(default_data_config(data_config.get("name", "digits"))) - set(data_config))
+    if missing:
+        raise ValueError(
+            f"the data config lacks data.{', data.'.join(missing)}: "
+            "see input_pipeline.default_data_config() for their meaning and defaults."
+        )
+    _checked_spec(data_config)
+    if local_device_count is None:
+        local_device_count = jax.local_device_count()
+    process_count = jax.process_count() if process_count is None else process_count
+    step = process_count * local_device_count
+    if global_batch_size <= 0 or global_batch_size % step:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of "
+            f"process_count x local_device_count = {process_count} x {local_device_count} = {step}."
+        )
+    if data_config.shuffle_buffer < 1:
+        raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer}: expected at least 1.")
+    if data_config.name == "imagenet2012":
+        _check_imagenet_prepared(_builder(data_config))
+
+
+def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    name = data_config.name
+    if name == "digits":
+        name = f"digits/{data_config.resolution}x{data_config.resolution}"
+    return tfds.builder(name, data_dir=data_config.data_dir)
+
+
+def _check_imagenet_prepared(builder: tfds.core.DatasetBuilder) -> None:
+    """ImageNet needs a manual download and hours to prepare: say exactly what to do."""
+    if builder.is_prepared():
+        return
+    root = builder.data_dir_root
+    manual_dir = root / "downloads" / "manual"
+    missing = [f for f in IMAGENET_MANUAL_FILES if not (manual_dir / f).exists()]
+    build = f"python -m mcm_jax.datasets.prepare imagenet2012 --data_dir={root}"
+    where = f"data.name='imagenet2012' is not prepared in data.data_dir='{root}'"
+    if missing:
+        raise ValueError(
+            f"{where}, and TFDS cannot download ImageNet ({', '.join(missing)} not in "
+            f"{manual_dir}): download {' and '.join(IMAGENET_MANUAL_FILES)} from "
+            f"https://image-net.org, put them in {manual_dir}, then run `{build}` once."
+        )
+    raise ValueError(
+        f"{where}; the manual files are in {manual_dir}: run `{build}` once (it takes hours)."
+    )
+
+
+def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The builder, prepared if needed (digits builds offline; cifar10 and imagenet_resized
+    download; imagenet2012 must have been prepared with `mcm_jax.datasets.prepare`)."""
+    builder = _builder(data_config)
+    if data_config.name == "imagenet2012":
+        _check_imagenet_prepared(builder)
+    else:
+        builder.download_and_prepare()
+    return builder
+
+
+def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """Number of examples in a split spec of the prepared data set."""
+    return _prepared_builder(data_config).info.splits[split].num_examples
+
+
+def _read_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _records(
+    builder: tfds.core.DatasetBuilder, split, *, shuffle_seed: int | None
+) -> tf.data.Dataset:
+    """(encoded image, label) records of a split, in file order or a seeded file order."""
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_seed, options=_read_options(), try_autocache=False
+    )
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_seed is not None,
+        read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    return ds.map(lambda example: (example["image"], example["label"]))
+
+
+def _image_decoder(
+    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, spec: _DatasetSpec
+):
+    """encoded image -> float32 (H, W, C) in [-1, 1] at data.resolution."""
+    image_feature = builder.info.features["image"]
+    resolution = data_config.resolution
+
+    def decode(encoded: tf.Tensor) -> tf.Tensor:
+        if spec.adm_center_crop:  # ADM decodes with PIL; TFDS stores every image as JPEG
+            image = center_crop_adm(decode_jpeg_like_pil(encoded), resolution)
+        else:
+            image = image_feature.decode_example(encoded)
+        image = tf.ensure_shape(image, (resolution, resolution, spec.channels))
+        return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+    return decode
+
+
+class TrainIterator:
+    """Infinite training batches of one process; `get_state()` is the position to resume from.
+
+    Epoch e of process p is a fixed stream: files read in an order seeded by (seed, e, p), a
+    seeded shuffle buffer, per-example flips keyed by the example's position in the epoch, and
+    batches that drop each epoch's remainder. The state counts batches handed out.
+    """
+
+    def __init__(
+        self,
+        data_config: ml_collections.ConfigDict,
+        *,
+        global_batch_size: int,
+        seed: int,
+        state: dict | None,
+        process_index: int,
+        process_count: int,
+    ):
+        self._config = data_config
+        self._spec = _checked_spec(data_config)
+        self._seed = seed
+        self._global_batch_size = global_batch_size
+        self._local_batch_size = global_batch_size // process_count
+        self._process_index = process_index
+        self._process_count = process_count
+        self._builder = _prepared_builder(data_config)
+        self._decode = _image_decoder(self._builder, data_config, self._spec)
+        # Equal shares, so every process has the same number of batches per epoch.
+        self._split = tfds.split_for_jax_process(
+            data_config.train_split,
+            process_index=process_index,
+            process_count=process_count,
+            drop_remainder=True,
+        )
+        self._epoch, self._batch_in_epoch = self._position(state)
+        self._batches = self._epoch_batches(skip_batches=self._batch_in_epoch)
+        self._pending: Batch | None = None
+
+    def _position(self, state: dict | None) -> tuple[int, int]:
+        if state is None:
+            return 0, 0
+        expected = {
+            "seed": self._seed,
+            "global_batch_size": self._global_batch_size,
+            "process_count": self._process_count,
+        }
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ValueError(
+                    f"data state {key}={state.get(key)!r} differs from this run's {key}={value}: "
+                    f"an exact resume needs the same {key}; start the data stream afresh "
+                    "(state=None) to change it."
+                )
+        return int(state["epoch"]), int(state["batch_in_epoch"])
+
+    def _epoch_batches(self, *, skip_batches: int) -> Iterator[Batch]:
+        entropy = [self._seed, self._epoch, self._process_index]
+        file_seed, buffer_seed, flip_seed = map(
+            int, np.random.SeedSequence(entropy).generate_state(3)
+        )
+        ds = _records(self._builder, self._split, shuffle_seed=file_seed)
+        ds = ds.shuffle(
+            self._config.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
+        )
+        ds = ds.enumerate()  # position in the epoch: the key of the example's flip
+        ds = ds.skip(skip_batches * self._local_batch_size)  # still encoded: cheap
+        random_flip = self._config.random_flip
+
+        def preprocess(position, record):
+            encoded, label = record
+            image = self._decode(encoded)
+            if random_flip:
+                key = tf.stack([tf.constant(flip_seed, tf.int64), position])
+                flip = tf.random.stateless_uniform([], seed=key) < 0.5
+                image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+            return {"image": image, "label": tf.cast(label, tf.int32)}
+
+        ds = ds.map(
+            preprocess, num_parallel_calls=self._config.num_parallel_calls, deterministic=True
+        )
+        ds = ds.batch(self._local_batch_size, drop_remainder=True)
+        ds = ds.prefetch(self._config.prefetch)
+        return ds.as_numpy_iterator()
+
+    def _next_batch(self) -> Batch:
+        """The next batch, moving on to the next epoch when this one is used up."""
+        while True:
+            batch = next(self._batches, None)
+            if batch is not None:
+                return batch
+            if self._batch_in_epoch == 0:
+                raise ValueError(
+                    f"data.train_split={self._config.train_split!r} has fewer examples per process "
+                    f"than the local batch ({self._local_batch_size}): use a larger split or a "
+                    "smaller global_batch_size."
+                )
+            self._epoch += 1
+            self._batch_in_epoch = 0
+            self._batches = self._epoch_batches(skip_batches=0)
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self._pending if self._pending is not None else self._next_batch()
+        self._pending = None
+        self._batch_in_epoch += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position after the batches handed out so far.
+
+        {"seed", "global_batch_size", "process_count", "epoch", "batch_in_epoch"}; the same on
+        every process. At the end of an epoch it already names the next one (the next batch is
+        fetched to find out), so a resume never reads through a finished epoch.
+        """
+        if self._pending is None:
+            self._pending = self._next_batch()
+        return {
+            "seed": self._seed,
+            "global_batch_size": self._global_batch_size,
+            "process_count": self._process_count,
+            "epoch": self._epoch,
+            "batch_in_epoch": self._batch_in_epoch,
+        }
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index={process_index}: expected 0 <= process_index < {process_count}."
+        )
+    return process_index, process_count
+
+
+def create_train_iterator(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    state: dict | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainIterator:
+    """Infinite, shuffled, resumable training batches of this process (see TrainIterator).
+
+    `state` is a `get_state()` of an earlier iterator with the same seed, global batch size and
+    process count: the new iterator continues exactly where that one was.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    validate(data_config, global_batch_size=global_batch_size, process_count=process_count)
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r}: expected a non-negative int.")
+    return TrainIterator(
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        state=state,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def create_eval_iterator(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    split: str | None = None,
+    num_examples: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+    """One pass over an evaluation split (default data.eval_split) in file order.
+
+    Every example comes exactly once across processes; the last batches are padded (zero images,
+    label 0) and batch["mask"] (bool) marks the real examples. Every process yields the same
+    number of batches. `num_examples` keeps the first that many examples of a plain split name.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    validate(data_config, global_batch_size=global_batch_size, process_count=process_count)
+    spec = _checked_spec(data_config)
+    builder = _prepared_builder(data_config)
+    split = data_config.eval_split if split is None else split
+    total = builder.info.splits[split].num_examples
+    if num_examples is not None:
+        if "[" in split or not 1 <= num_examples <= total:
+            raise ValueError(
+                f"num_examples={num_examples}: expected 1 .. {total} with a plain split name "
+                f"(split={split!r}); or leave it None and slice the split, e.g. '{split}[:1000]'."
+            )
+        split, total = f"{split}[:{num_examples}]", num_examples
+
+    local_batch_size = global_batch_size // process_count
+    # tfds.even_splits gives the first (total % process_count) processes one extra example.
+    share = total // process_count + (process_index < total % process_count)
+    largest_share = -(-total // process_count)
+    num_batches = -(-largest_share // local_batch_size)
+    padding = num_batches * local_batch_size - share
+
+    decode = _image_decoder(builder, data_config, spec)
+    ds = _records(builder, tfds.even_splits(split, process_count)[process_index], shuffle_seed=None)
+    ds = ds.map(
+        lambda encoded, label: {
+            "image": decode(encoded), "label": tf.cast(label, tf.int32), "mask": True
+        },
+        num_parallel_calls=data_config.num_parallel_calls,
+        deterministic=True,
+    )
+    pad = {
+        "image": tf.zeros(image_shape(data_config), tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": False,
+    }
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+    ds = ds.batch(local_batch_size).prefetch(data_config.prefetch).with_options(_read_options())
+    return ds.as_numpy_iterator()
