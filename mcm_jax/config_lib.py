@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from mcm_jax import losses
+from mcm_jax.data_config import default_data_config
 from mcm_jax.schedules import get_schedule
 
 OBJECTIVES = ("diffusion", "mcm")
@@ -26,16 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_name = "tiny"  # a name of mcm_jax.models.model_config; fields below override it
     c.model = ml_collections.ConfigDict()  # filled by with_model()
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"
-    c.data.resolution = 16
-    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
-    c.data.shuffle_buffer = 10_000
-    c.data.random_flip = False
-    c.data.prefetch = 2
-    c.data.num_parallel_calls = -1  # tf.data.AUTOTUNE
+    c.data = default_data_config("digits")  # fields: see mcm_jax.data_config
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "cosine"  # cosine | shifted_cosine | interpolated_cosine

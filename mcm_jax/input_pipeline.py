@@ -12,7 +12,6 @@ The data position is therefore two integers; resuming rebuilds the epoch and ski
 examples while they are still undecoded records, which is cheap next to decoding them.
 """
 
-import dataclasses
 from collections.abc import Iterator
 
 import jax
@@ -21,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import mcm_jax.datasets  # registers the TFDS builder "digits"
-from mcm_jax.datasets import digits_split
+import mcm_jax.datasets.digits  # noqa: F401  (registers the TFDS builder "digits")
+from mcm_jax.data_config import DatasetSpec, dataset_spec, default_data_config
 from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
 
 
@@ -45,69 +44,9 @@ Batch = dict[str, np.ndarray]
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-@dataclasses.dataclass(frozen=True)
-class _DatasetSpec:
-    """What a supported data set offers and its defaults."""
-
-    resolutions: tuple[int, ...]  # the only resolutions it can give
-    channels: int
-    num_classes: int
-    eval_split: str
-    random_flip: bool  # default: flip natural images, never digits
-    adm_center_crop: bool  # full-size images: ADM's resize and centre crop
-
-
-_DATASETS = {
-    "digits": _DatasetSpec(
-        digits_split.RESOLUTIONS, 1, digits_split.NUM_CLASSES, "test", False, False
-    ),
-    "cifar10": _DatasetSpec((32,), 3, 10, "test", True, False),
-    "imagenet2012": _DatasetSpec((64, 128), 3, 1000, "validation", True, True),
-    "imagenet_resized/64x64": _DatasetSpec((64,), 3, 1000, "validation", True, False),
-}
-
-
-def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
-    """The data config with the defaults of data set `name`.
-
-    Fields:
-      name: "digits" | "cifar10" | "imagenet2012" | "imagenet_resized/64x64".
-      resolution: image side in pixels; digits 8, 16 or 32; cifar10 32; imagenet2012 64 or 128
-        (ADM's box downsampling, bicubic resize and centre crop); imagenet_resized/64x64 64.
-      data_dir: TFDS data directory; None is TFDS's default ($TFDS_DATA_DIR or
-        ~/tensorflow_datasets); a gs:// path works.
-      train_split, eval_split: TFDS split specs ("train", "validation[:10000]", ...).
-      shuffle_buffer: examples in the shuffle buffer; they are held encoded (ImageNet: about
-        110 kB each).
-      random_flip: random horizontal flips in training (natural images only).
-      prefetch: batches tf.data prepares ahead.
-      num_parallel_calls: decode and preprocess parallelism; -1 is tf.data.AUTOTUNE.
-    """
-    spec = _dataset_spec(name)
-    config = ml_collections.ConfigDict()
-    config.name = name
-    config.resolution = 16 if name == "digits" else spec.resolutions[0]
-    config.data_dir = ml_collections.FieldReference(None, field_type=str)
-    config.train_split = "train"
-    config.eval_split = spec.eval_split
-    config.shuffle_buffer = 10_000
-    config.random_flip = spec.random_flip
-    config.prefetch = 2
-    config.num_parallel_calls = -1
-    return config
-
-
-def _dataset_spec(name: str) -> _DatasetSpec:
-    if name not in _DATASETS:
-        raise ValueError(
-            f"data.name={name!r} is not supported: expected one of {sorted(_DATASETS)}."
-        )
-    return _DATASETS[name]
-
-
-def _checked_spec(data_config: ml_collections.ConfigDict) -> _DatasetSpec:
+def _checked_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
     """The data set's spec, after checking that it can give data.resolution."""
-    spec = _dataset_spec(data_config.name)
+    spec = dataset_spec(data_config.name)
     if data_config.resolution not in spec.resolutions:
         raise ValueError(
             f"data.resolution={data_config.resolution} is not available for "
@@ -126,7 +65,7 @@ def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 def num_classes(data_config: ml_collections.ConfigDict) -> int:
     """Number of class labels (labels are 0 .. num_classes - 1)."""
-    return _dataset_spec(data_config.name).num_classes
+    return dataset_spec(data_config.name).num_classes
 
 
 def validate(
@@ -228,7 +167,7 @@ def _records(
 
 
 def _image_decoder(
-    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, spec: _DatasetSpec
+    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, spec: DatasetSpec
 ):
     """encoded image -> float32 (H, W, C) in [-1, 1] at data.resolution."""
     image_feature = builder.info.features["image"]

@@ -1,6 +1,6 @@
-"""Data sets shipped with mcm_jax. Importing this package registers the TFDS builder `digits`."""
+"""Data sets shipped with mcm_jax. Importing `mcm_jax.datasets.digits` registers the TFDS builder
+`digits`; this package itself stays free of TensorFlow so the digits split loads without it."""
 
-from mcm_jax.datasets.digits import Digits
 from mcm_jax.datasets.digits_split import load_digits_split
 
-__all__ = ["Digits", "load_digits_split"]
+__all__ = ["load_digits_split"]
