@@ -1,0 +1,93 @@
+"""Times the compiled train step on synthetic batches: img/s, TFLOP/s per device and MFU.
+
+    python -m mcm_jax.benchmark --config=configs/imagenet64_mcm.py:steps=8,method=cd \
+        --config.training.batch_size=64 --steps=20
+
+Imports no TensorFlow: the batches are random arrays of the model's input shape, and a CD
+teacher is the student's initial parameters (same network, same cost).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mcm_jax import sharding, train
+
+FLAGS = flags.FLAGS
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+    """This process's slice of a random global batch of images in [-1, 1] and labels."""
+    m = config.model
+    local = config.training.batch_size // jax.process_count()
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.uniform(-1, 1, (local, m.resolution, m.resolution, m.channels)).astype(np.float32),
+        "label": rng.integers(0, max(m.num_classes, 1), local).astype(np.int32),
+    }
+
+
+def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Compiles and times `steps` train steps after `warmup`; returns the figures."""
+    trainer = train.Trainer(config)
+    state = trainer.init_state()
+    teacher = None
+    if config.objective == "mcm":
+        shardings = jax.tree.map(lambda a: a.sharding, trainer.abstract_teacher_params)
+        teacher = jax.device_put(jax.tree.map(lambda p: p.copy(), state.params), shardings)
+    batch = sharding.host_local_to_global(synthetic_batch(config), trainer.mesh)
+
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch, teacher).compile()
+    compile_s = time.perf_counter() - start
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch, teacher)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch, teacher)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / steps
+
+    flops = train.train_flops_per_example(config) * config.training.batch_size
+    tflops_per_device = flops / step_s / jax.device_count() / 1e12
+    return {
+        "compile_s": compile_s,
+        "step_ms": 1e3 * step_s,
+        "images_per_s": config.training.batch_size / step_s,
+        "tflops_per_device": tflops_per_device,
+        "mfu": tflops_per_device / config.peak_tflops_per_device,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    figures = benchmark(config, FLAGS.steps, FLAGS.warmup)
+    device = jax.devices()[0]
+    method = config.mcm.method if config.objective == "mcm" else ""
+    print(
+        f"{device.platform} {device.device_kind} x{jax.device_count()} | {config.model_name} "
+        f"{config.objective} {method} | batch {config.training.batch_size} | "
+        f"dtype {config.model.dtype} | attention {config.model.attention_impl}"
+    )
+    print(
+        f"compile {figures['compile_s']:.1f} s | step {figures['step_ms']:.1f} ms | "
+        f"{figures['images_per_s']:.1f} img/s | {figures['tflops_per_device']:.1f} TFLOP/s per "
+        f"device | MFU {100 * figures['mfu']:.1f}% of {config.peak_tflops_per_device} TFLOP/s"
+    )
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
+    flags.DEFINE_integer("steps", 20, "Timed steps.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
