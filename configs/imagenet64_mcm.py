@@ -1,0 +1,62 @@
+"""ImageNet64 Multistep Consistency Model, distilled (cd) or trained (ct) from an ImageNet64 teacher.
+
+    python -m mcm_jax.main --config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small \
+        --config.teacher.workdir=gs://BUCKET/mcm/imagenet64_diffusion_small \
+        --workdir=gs://BUCKET/mcm/imagenet64_mcm_small_cd_s8 \
+        --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+
+Argument: `steps=S,method=cd|ct,size=small|large` (defaults 8, cd, small). `size` must be the
+teacher's: the student starts from the teacher's EMA parameters, so network, data and schedule are
+the teacher config's (`imagenet64_diffusion`), dropout included (design §1.6: 0.2 on the small
+middle stack, 0.1 on every transformer block of the large network).
+
+The paper's settings (section 1.4 of the design): batch 2048, 200k iterations, teacher steps
+annealed from 64 to 1280 over the first 100k, xvar_frac 0.75 (CD), pseudo-Huber c = 1e-4 on the
+v-space error, no guidance. The paper gives no optimizer settings: we keep the teacher's (Adam,
+learning rate 1e-4 after 1,000 warm-up steps, b2 0.99, clipping at norm 1, EMA 0.9999; design
+§1.4 asks for warm-up, clipping and an evaluated EMA).
+
+`teacher.workdir` stays "" here and must be given (`--config.teacher.workdir=...`).
+"""
+
+from mcm_jax import config_lib
+from configs.imagenet64_diffusion import SIZES, choice, imagenet_teacher
+
+METHODS = ("cd", "ct")
+
+
+def student_args(arg: str, **defaults) -> dict:
+    """Parses `steps=S,method=cd|ct` plus `defaults`' keys; `steps` comes back as an int."""
+    args = config_lib.parse_arg(arg, steps=8, method="cd", **defaults)
+    steps = str(args["steps"])
+    if not (steps.isdigit() and int(steps) >= 1):
+        raise ValueError(f"config argument steps={steps!r}: expected an integer >= 1")
+    return {**args, "steps": int(steps), "method": choice(args, "method", METHODS)}
+
+
+def make_student(config, steps: int, method: str):
+    """Turns a teacher config into its S-step student with the paper's MCM settings."""
+    config.objective = "mcm"
+    config.mcm.method = method
+    config.mcm.student_steps = steps
+    config.mcm.teacher_steps_start = 64
+    config.mcm.teacher_steps_end = 1280
+    config.mcm.anneal_iterations = 100_000
+    config.mcm.xvar_frac = 0.75
+    config.mcm.huber_c = 1e-4
+    config.mcm.weighting = "v"
+    config.mcm.guidance_weight = 0.0
+    config.teacher.workdir = ""
+    config.training.num_steps = 200_000
+    return config
+
+
+def imagenet_student(resolution: int, arg: str):
+    """The ImageNet student at `resolution` (64 or 128) for `steps=...,method=...,size=...`."""
+    args = student_args(arg, size="small")
+    size = choice(args, "size", SIZES)
+    return make_student(imagenet_teacher(resolution, f"size={size}"), args["steps"], args["method"])
+
+
+def get_config(arg: str = ""):
+    return imagenet_student(64, arg)

