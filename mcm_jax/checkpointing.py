@@ -9,7 +9,6 @@ Every process calls every method; orbax coordinates the writes.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -103,23 +102,20 @@ class Checkpointer:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes the resolved config as JSON into the workdir (process 0 only)."""
+    """Writes the resolved config as JSON into the workdir (process 0 only; local or gs://)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + ".tmp", path)
+    directory = epath.Path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote into its workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: is it the workdir of a training run?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def resolve_step(checkpointer: Checkpointer, step: int, workdir: str) -> int:

@@ -107,8 +107,12 @@ def addim_step(
     eps_hat = (z_t - a_t * x_hat) / s_t
     z_var = (a_s - a_t * s_s / s_t) ** 2 * expand_to(x_var, z_t)
     eps_sq_norm = jnp.sum(eps_hat**2, axis=tuple(range(1, z_t.ndim)), keepdims=True)
-    noise_scale = jnp.sqrt(s_s**2 + example_size(z_t) * z_var / eps_sq_norm)
-    return a_s * x_hat + noise_scale * eps_hat
+    # ε̂ = 0 (z_t exactly on α_t x̂, seen in 1-D near t = 0) leaves no direction to add norm along.
+    has_direction = eps_sq_norm > 0
+    extra = jnp.where(
+        has_direction, example_size(z_t) * z_var / jnp.where(has_direction, eps_sq_norm, 1.0), 0.0
+    )
+    return a_s * x_hat + jnp.sqrt(s_s**2 + extra) * eps_hat
 
 
 def analytic_x_var(alpha: Array, sigma: Array) -> Array:

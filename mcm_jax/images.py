@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
+from etils import epath
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -27,17 +28,20 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> n
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    """Writes an HWC uint8 image (C = 1 or 3) as PNG."""
+    """Writes an HWC uint8 image (C = 1 or 3) as PNG (local or gs:// paths)."""
     from PIL import Image
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
 
 
 def write_grid(workdir: str, name: str, samples: np.ndarray, writer=None, step: int = 0) -> str:
     """Saves a grid of uint8 samples as <workdir>/<name>.png and, given a clu writer, to TensorBoard."""
     grid = make_grid(samples)
-    path = os.path.join(workdir, f"{name}.png")
+    path = str(epath.Path(workdir) / f"{name}.png")
     save_png(path, grid)
     if writer is not None:
         writer.write_images(step, {name.split("_")[0]: grid[None]})

@@ -8,7 +8,6 @@ data position), logs with clu, writes sample grids, and saves on SIGTERM.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from mcm_jax import checkpointing, config_lib, images, losses, samplers, sharding
 from mcm_jax.models import build, flops_per_example
@@ -286,7 +286,7 @@ def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.C
 
 def _check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
     workdir = config.teacher.workdir
-    if not os.path.isdir(workdir):
+    if not epath.Path(workdir).is_dir():
         raise ValueError(f"config.teacher.workdir: {workdir!r} does not exist")
 
 

@@ -99,6 +99,17 @@ def test_addim_restores_the_norm_that_ddim_loses():
     assert abs(addim_gap.mean()) < 0.05 * shortfall
 
 
+def test_addim_is_finite_when_eps_hat_vanishes():
+    t, s = jnp.array([1 / 1280]), jnp.array([0.0])
+    coeffs = _coeffs(t, s)
+    alpha_t, sigma_t = coeffs[:2]
+    x = jnp.array([[0.9]])
+    z_t = alpha_t[:, None] * x  # ε̂ = 0 exactly
+    for x_var in (0.0, 0.5):
+        z_s = diffusion.addim_step(x, z_t, *coeffs, jnp.array([x_var]))
+        np.testing.assert_allclose(z_s, diffusion.ddim_step(x, z_t, *coeffs), rtol=1e-6)
+
+
 def test_analytic_and_distillation_x_var():
     alpha, sigma = SCHEDULE.alpha_sigma(jnp.array([0.0, 0.5, 1.0]))
     np.testing.assert_allclose(

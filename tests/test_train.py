@@ -186,3 +186,19 @@ def test_missing_or_mismatched_teacher_fails_naming_the_field(tmp_path, digits_d
     student.teacher.workdir = str(teacher_dir)
     with pytest.raises(ValueError, match=r"config.model.\w+: the student has"):
         train.train_and_evaluate(student, str(tmp_path / "student"))
+
+
+def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digits_data_dir):
+    config = _teacher_config(digits_data_dir, num_steps=20, checkpoint_every=1, log_every=1)
+    config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up
+    config.optimizer.warmup_steps = 4
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
+        train.train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+    steps = ckpt.all_steps()
+    assert steps and max(steps) < 20
+    for step in steps:
+        restored = ckpt.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore())
+        )
+        assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(restored["params"]))
