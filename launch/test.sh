@@ -10,4 +10,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 export JAX_PLATFORMS=cpu
-exec .venv/bin/python -m pytest -n 2 -q tests "$@"
+export OPENBLAS_NUM_THREADS=1  # two pytest workers share two cores
+exec .venv/bin/python -m pytest -n 2 --dist worksteal -q tests "$@"

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs import digits_mcm
-from mcm_jax import benchmark
+from mcm_jax import benchmark, models, train
 
 
 def test_benchmark_module_imports_no_tensorflow():
@@ -15,7 +15,7 @@ def test_benchmark_module_imports_no_tensorflow():
 
 
 def test_benchmark_figures():
-    config = digits_mcm.get_config("steps=2,method=cd,model=tiny")
+    config = digits_mcm.get_config("steps=2,method=ct,model=tiny")
     config.teacher.workdir = "unused"
     config.training.batch_size = 16
     figures = benchmark.benchmark(config, steps=2, warmup=1)
@@ -24,3 +24,15 @@ def test_benchmark_figures():
     assert figures["mfu"] == pytest.approx(
         figures["tflops_per_device"] / config.peak_tflops_per_device
     )
+
+
+def test_train_flops_count_every_forward_pass():
+    config = digits_mcm.get_config("steps=2,method=cd,model=tiny")
+    forward = models.flops_per_example(config.model, config.data.resolution)
+    assert train.train_flops_per_example(config) == pytest.approx(5 * forward)  # 3 + reference + teacher
+    config.mcm.guidance_weight = 1.0
+    assert train.train_flops_per_example(config) == pytest.approx(6 * forward)
+    config.mcm.method, config.mcm.guidance_weight = "ct", 0.0
+    assert train.train_flops_per_example(config) == pytest.approx(4 * forward)
+    config.objective = "diffusion"
+    assert train.train_flops_per_example(config) == pytest.approx(3 * forward)

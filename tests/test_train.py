@@ -110,23 +110,21 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, digits_data_dir):
 def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
     """The diffusion loss falls well below its start; a CD student from that teacher trains."""
     teacher_dir = tmp_path / "teacher"
-    config = _teacher_config(digits_data_dir, num_steps=300, checkpoint_every=300, log_every=50)
-    first = _teacher_config(digits_data_dir, num_steps=1, checkpoint_every=1, log_every=1)
-    start_loss = _logged_losses(train.train_and_evaluate, first, tmp_path / "first")[0]
+    config = _teacher_config(digits_data_dir, num_steps=250, checkpoint_every=250, log_every=10)
     losses = _logged_losses(train.train_and_evaluate, config, teacher_dir)
-    # Measured on this machine: 1.06 at step 1, 0.37 averaged over steps 251-300.
-    assert losses[-1] < 0.5 * start_loss, (start_loss, losses)
+    # Measured on this machine: 1.0 over steps 1-10 (warm-up: barely trained), 0.37 at step 200.
+    assert losses[-1] < 0.5 * losses[0], losses
 
     student = digits_mcm.get_config("steps=2,method=cd,model=tiny")
     student.data.data_dir = str(digits_data_dir)
     student.data.shuffle_buffer = 500
     student.teacher.workdir = str(teacher_dir)
     student.training.update(
-        batch_size=32, num_steps=20, log_every=10, checkpoint_every=20, sample_every=20, sample_images=4
+        batch_size=32, num_steps=10, log_every=5, checkpoint_every=10, sample_every=10, sample_images=4
     )
     student_losses = _logged_losses(train.train_and_evaluate, student, tmp_path / "student")
-    assert all(np.isfinite(student_losses))
-    assert (tmp_path / "student" / "samples_00000020.png").exists()
+    assert len(student_losses) == 2 and all(np.isfinite(student_losses))
+    assert (tmp_path / "student" / "samples_00000010.png").exists()
 
 
 def _logged_losses(run, config, workdir):
