@@ -11,6 +11,7 @@ import ml_collections
 
 from mcm_jax import losses
 from mcm_jax.data_config import default_data_config
+from mcm_jax.eval.config import default_eval_config
 from mcm_jax.schedules import get_schedule
 
 OBJECTIVES = ("diffusion", "mcm")
@@ -89,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp_min_size = 2**18  # parameters smaller than this stay replicated
 
     c.peak_tflops_per_device = 989.0  # bf16 dense peak used for MFU (H100 SXM: 989)
+    c.eval = default_eval_config()  # the eval job (--mode=eval); fields: see mcm_jax.eval.config
     return c
 
 

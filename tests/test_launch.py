@@ -124,6 +124,13 @@ def test_scripts_parse_and_pass_shellcheck(script):
     assert "Usage:" in _run(script, "--help").stdout
 
 
+@pytest.mark.parametrize("script", ["launch/local.sh", "launch/test.sh", "launch/venv.sh"])
+def test_local_scripts_parse_and_pass_shellcheck(script):
+    path = os.path.join(ROOT, script)
+    _run("bash", "-n", path)
+    _run(_shellcheck(), "-x", "--shell=bash", path)
+
+
 def test_tpu_vm_dry_run_prints_the_gcloud_commands():
     out = _run(
         TPU_VM, "--dry-run", "--name=mcm-test", "--zone=europe-west4-a", "--accelerator-type=v4-64",

@@ -1,0 +1,58 @@
+"""The `config.eval` fields: what to sample, how many, and which metric to compute.
+
+Light on purpose (ml_collections only), so config_lib can attach it to every config.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+METRICS = ("auto", "fid", "fd_digits", "none")
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """Defaults of every eval field (FID on 50,000 samples of the latest checkpoint)."""
+    c = ml_collections.ConfigDict()
+    # Which parameters.
+    c.step = -1  # checkpoint step; -1: the latest
+    c.ema_index = 0  # which of the run's EMA parameter sets
+    c.poll = False  # evaluate every checkpoint as it appears, until training.num_steps
+    c.poll_interval_s = 60.0
+    c.poll_timeout_s = 7200.0  # polling stops after this long without a new checkpoint
+    # What to sample.
+    c.num_samples = 50_000  # exactly this many, whatever the device count
+    c.batch_size = 512  # global sampling batch = one resumable chunk; divides by the devices
+    c.seed = 0  # the noise of image i depends only on (seed, i)
+    c.sweep_steps = ()  # sampler step counts; (): the run's own (teacher: training.sample_steps,
+    #                     student: its S steps, the only count a student samples with)
+    c.sweep_methods = ()  # "ddim" | "addim" (teachers); (): teacher training.sample_method,
+    #                       student "ddim"
+    c.guidance_weight = 0.0  # classifier-free guidance of a teacher (w; 0: none)
+    c.x_var_table = ""  # aDDIM calibration npz (python -m mcm_jax.calibrate); "": analytic x_var
+    c.name = ""  # sub-directory of <workdir>/eval; "": n<num_samples>_seed<seed>_ema<ema_index>
+    # Metric.
+    c.metric = "auto"  # auto: fd_digits on digits, else fid | fid | fd_digits | none
+    c.inception_weights = ""  # converted FID Inception .npz (python -m mcm_jax.fid.convert)
+    c.inception_sha256 = ""  # expected SHA-256 of it; "": the .sha256 file beside it
+    c.reference_stats = ""  # npz with mu, sigma: ADM reference batch, or mcm_jax.fid.reference's
+    c.fd_digits_reference_split = "test"  # digits split whose classifier features are the reference
+    # Outputs.
+    c.grid_images = 64  # the first this many samples of each setting, as a PNG grid
+    c.save_samples = False  # also write all samples as <dir>/samples.npz (uint8 arr_0, labels)
+    # aDDIM calibration (python -m mcm_jax.calibrate): η·‖x − x̂(z_t)‖²/d on a grid of t.
+    c.calibration_eta = 0.75
+    c.calibration_times = 33  # points of the uniform grid on [0, 1]
+    c.calibration_batches = 4
+    c.calibration_batch_size = 256  # global; divides by the devices
+    c.calibration_split = ""  # TFDS split; "": data.eval_split
+    return c
+
+
+def check_ema_index(config: ml_collections.ConfigDict) -> None:
+    """eval.ema_index must name one of the run's EMA parameter sets."""
+    index, count = config.eval.ema_index, len(config.ema_decays)
+    if not 0 <= index < count:
+        raise ValueError(
+            f"config.eval.ema_index: {index} but the run has {count} EMA parameter set(s) "
+            f"(config.ema_decays={tuple(config.ema_decays)})"
+        )
