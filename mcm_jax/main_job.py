@@ -41,9 +41,9 @@ def run(
     workdir: str,
     *,
     model: str = "digits",
-    teacher_steps: int = 600,
-    student_steps: int = 60,
-    samples: int = 512,
+    teacher_steps: int = 450,
+    student_steps: int = 40,
+    samples: int = 384,
     students: tuple[tuple[str, int], ...] = STUDENTS,
     teacher_sweep: tuple[int, ...] = TEACHER_SWEEP,
 ) -> str:
@@ -99,7 +99,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", "/tmp/mcm_local", "Where runs, data and results go.")
     flags.DEFINE_bool("quick", False, "Tiny network and a few steps: checks the whole path.")
     flags.DEFINE_enum("model", "digits", ["digits", "tiny"], "The network.")
-    flags.DEFINE_integer("teacher_steps", 600, "Teacher training steps.")
-    flags.DEFINE_integer("student_steps", 60, "Training steps of each student.")
-    flags.DEFINE_integer("samples", 512, "Samples per evaluated sampler.")
+    flags.DEFINE_integer("teacher_steps", 450, "Teacher training steps.")
+    flags.DEFINE_integer("student_steps", 40, "Training steps of each student.")
+    flags.DEFINE_integer("samples", 384, "Samples per evaluated sampler.")
     app.run(main)
