@@ -21,7 +21,7 @@ from configs import digits_diffusion, digits_mcm
 from mcm_jax import evaluate, results_table, train
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
-TEACHER_SWEEP = (1, 2, 4, 8, 32)
+TEACHER_SWEEP = (1, 2, 4, 8, 16)
 
 
 def _common(config: ml_collections.ConfigDict, workdir: str, samples: int) -> ml_collections.ConfigDict:
@@ -41,7 +41,7 @@ def run(
     workdir: str,
     *,
     model: str = "digits",
-    teacher_steps: int = 450,
+    teacher_steps: int = 400,
     student_steps: int = 40,
     samples: int = 384,
     students: tuple[tuple[str, int], ...] = STUDENTS,
@@ -99,7 +99,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", "/tmp/mcm_local", "Where runs, data and results go.")
     flags.DEFINE_bool("quick", False, "Tiny network and a few steps: checks the whole path.")
     flags.DEFINE_enum("model", "digits", ["digits", "tiny"], "The network.")
-    flags.DEFINE_integer("teacher_steps", 450, "Teacher training steps.")
+    flags.DEFINE_integer("teacher_steps", 400, "Teacher training steps.")
     flags.DEFINE_integer("student_steps", 40, "Training steps of each student.")
     flags.DEFINE_integer("samples", 384, "Samples per evaluated sampler.")
     app.run(main)
