@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.distance = "mse"
     c.diffusion.huber_c = 1e-4
     c.diffusion.label_dropout = 0.0  # > 0 trains for classifier-free guidance
+    c.diffusion.multiscale_pools = 0  # > 0: simple diffusion's multiscale loss over this many 2x2 pools
 
     c.mcm = ml_collections.ConfigDict()
     c.mcm.method = "cd"  # ct | cd
@@ -144,15 +145,22 @@ def null_label(config: ml_collections.ConfigDict) -> int:
 def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
     d = config.diffusion
     try:
-        return losses.DiffusionLossConfig(
+        loss_config = losses.DiffusionLossConfig(
             weighting=d.weighting,
             distance=d.distance,
             huber_c=d.huber_c,
             label_dropout=d.label_dropout,
             null_label=null_label(config),
+            multiscale_pools=d.multiscale_pools,
         )
     except ValueError as e:
         raise ValueError(f"config.diffusion: {e}") from None
+    _require(
+        config.data.resolution % 2**d.multiscale_pools == 0,
+        f"config.diffusion.multiscale_pools: {d.multiscale_pools} 2x2 poolings need a resolution "
+        f"divisible by {2**d.multiscale_pools}, got config.data.resolution={config.data.resolution}",
+    )
+    return loss_config
 
 
 def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:

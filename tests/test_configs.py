@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib
+from mcm_jax import config_lib, losses
 
 STUDENT_ARGS = [
     ",".join(parts)
@@ -110,11 +110,17 @@ def test_imagenet_networks_are_those_of_design_1_6():
     assert large.level_channels == (512, 1024) and large.middle_channels == 2048
     assert large.level_dropout == (0.0, 0.1) and large.middle_dropout == 0.1
 
-    for size, channels, dropout in (("small", (128, 256, 512), 0.2), ("large", (256, 512, 1024), 0.1)):
+    # ImageNet128 (paper appendix A.1): small 0.1 on the middle stack only; large 0.1 everywhere
+    # except the 128x128 ResNet level.
+    for size, channels, level_dropout in (
+        ("small", (128, 256, 512), (0.0, 0.0, 0.0)),
+        ("large", (256, 512, 1024), (0.0, 0.1, 0.1)),
+    ):
         model = get_config("imagenet128_diffusion", f"size={size}").model
         assert model.level_kinds == ("resnet", "resnet", "transformer")
         assert model.level_channels == channels and model.level_blocks == (3, 3, 3)
-        assert model.middle_blocks == 16 and model.middle_dropout == dropout
+        assert model.middle_blocks == 16 and model.middle_dropout == 0.1
+        assert model.level_dropout == level_dropout
         assert model.resolution == 128
     assert get_config("cifar10_diffusion").model.name == "cifar10"
 
@@ -128,6 +134,8 @@ def test_imagenet_teachers_have_the_paper_data_and_schedule(resolution):
     s = config.schedule
     assert (s.name, s.noise_resolution_low, s.noise_resolution_high) == ("interpolated_cosine", 32, resolution)
     assert config.diffusion.label_dropout == 0.1
+    # ImageNet128: simple diffusion's multiscale loss with one 2x2 pooling (paper appendix A.1).
+    assert config.diffusion.multiscale_pools == (1 if resolution == 128 else 0)
     assert config.model.dtype == "bfloat16"
     assert config.training.batch_size == 2048
 
@@ -177,3 +185,39 @@ def test_cifar10_student_keeps_the_paper_anneal_proportion():
 def test_bad_arguments_fail_naming_the_key(name, arg, key):
     with pytest.raises(ValueError, match=rf"\b{key}\b"):
         get_config(name, arg)
+
+
+@pytest.mark.parametrize("pools,match", [(5, "divisible by 32"), (-1, "integer >= 0")])
+def test_bad_multiscale_pools_fail_naming_the_field(pools, match):
+    config = get_config("digits_diffusion", "model=tiny")  # 16 px
+    config.diffusion.multiscale_pools = pools
+    with pytest.raises(ValueError, match=rf"config\.diffusion.*{match}"):
+        config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "name,arg,overrides",
+    [
+        # Paper Table 2: constant teacher steps instead of the 64 -> 1280 anneal.
+        *[
+            ("imagenet128_mcm", "steps=4,method=cd,size=large",
+             {"mcm.teacher_steps_start": n, "mcm.teacher_steps_end": n})
+            for n in (128, 256, 1024)
+        ],
+        # Paper Table 4: a DDIM teacher (aDDIM with x_var = 0).
+        ("imagenet64_mcm", "steps=8,method=cd", {"mcm.xvar_frac": 0.0}),
+    ],
+)
+def test_paper_ablation_overrides_validate(name, arg, overrides):
+    """The overrides docs/launch.md gives for the paper's ablations build valid configs."""
+    config = with_teacher(get_config(name, arg))
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    config_lib.validate(config, num_devices=8)
+    m = config_lib.consistency_loss_config(config)
+    if "mcm.teacher_steps_start" in overrides:
+        n = overrides["mcm.teacher_steps_start"]
+        for i in (0, 50_000, 200_000):
+            steps = losses.teacher_steps_at(i, m.teacher_steps_start, m.teacher_steps_end, m.anneal_iterations)
+            assert float(steps) == pytest.approx(n)

@@ -187,6 +187,60 @@ def test_exact_segment_jump_has_near_zero_distillation_loss():
     assert exact < 0.05 * ramp and exact < 0.05 * offset, (exact, ramp, offset)
 
 
+def _pool_by_hand(x: np.ndarray) -> np.ndarray:
+    b, h, w, c = x.shape
+    out = np.zeros((b, h // 2, w // 2, c))
+    for i in range(h // 2):
+        for j in range(w // 2):
+            out[:, i, j] = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mse", "pseudo_huber"])
+def test_multiscale_distance_sums_pooled_errors_weighted_by_the_pooling_factor(kind):
+    delta = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (3, 8, 8, 2)), np.float64)
+
+    def by_hand(d):
+        per = np.mean(d**2, axis=(1, 2, 3))
+        return per if kind == "mse" else np.sqrt(per + 0.5**2) - 0.5
+
+    once, twice = _pool_by_hand(delta), _pool_by_hand(_pool_by_hand(delta))
+    for pools, expected in (
+        (0, by_hand(delta)),
+        (1, by_hand(delta) + 2 * by_hand(once)),
+        (2, by_hand(delta) + 2 * by_hand(once) + 4 * by_hand(twice)),
+    ):
+        got = losses.multiscale_distance(jnp.asarray(delta, jnp.float32), kind, 0.5, pools)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_multiscale_loss_weights_coarse_errors_and_ignores_pixel_noise():
+    """An error constant on 2x2 blocks counts at both scales (1 + 2 = 3x); a checkerboard error,
+    pure highest frequency, pools to zero and counts once."""
+    coarse = jnp.kron(jax.random.normal(jax.random.PRNGKey(8), (2, 4, 4, 1)), jnp.ones((1, 2, 2, 3)))
+    checker = (-1.0) ** (jnp.arange(8)[:, None] + jnp.arange(8)[None, :])
+    fine = jnp.broadcast_to(checker[None, :, :, None], (2, 8, 8, 3)) * 0.3
+    for delta, factor in ((coarse, 3.0), (fine, 1.0)):
+        single = losses.multiscale_distance(delta, "mse", 1.0, 0)
+        np.testing.assert_allclose(losses.multiscale_distance(delta, "mse", 1.0, 1), factor * single, rtol=1e-6)
+
+
+def test_multiscale_diffusion_loss_is_the_pooled_v_loss():
+    """diffusion_loss_at with one pooling = v-loss + 2 x v-loss of the pooled images' error."""
+    x, eps = jax.random.normal(jax.random.PRNGKey(9), (2, 4, 8, 8, 3))
+    t = jax.random.uniform(jax.random.PRNGKey(10), (4,))
+    label = jnp.zeros(4, jnp.int32)
+    model_fn = lambda params, z, t, label, train, rng: params["w"] * z + jnp.mean(z, axis=(1, 2), keepdims=True)
+    args = (TOY_PARAMS, model_fn, x, label, eps, t, None)
+    plain = losses.diffusion_loss_at(*args, schedule=SCHEDULE, config=losses.DiffusionLossConfig())
+    multi = losses.diffusion_loss_at(
+        *args, schedule=SCHEDULE, config=losses.DiffusionLossConfig(multiscale_pools=1)
+    )
+    x_hat = model_fn(TOY_PARAMS, losses.noisy(x, eps, t, SCHEDULE), t, label, True, None)
+    pooled_error = _pool_by_hand(np.asarray(x_hat - x)) / np.asarray(SCHEDULE.alpha_sigma(t)[1])[:, None, None, None]
+    np.testing.assert_allclose(multi, plain + 2 * np.mean(pooled_error**2, axis=(1, 2, 3)), rtol=1e-4)
+
+
 def test_bad_loss_configs_name_the_field():
     with pytest.raises(ValueError, match="student_steps must be an integer >= 1"):
         losses.ConsistencyLossConfig(student_steps=0)
@@ -204,6 +258,8 @@ def test_bad_loss_configs_name_the_field():
         losses.sample_times(jax.random.PRNGKey(0), 4, 0, 64.0)
     with pytest.raises(ValueError, match="distance must be one of"):
         losses.DiffusionLossConfig(distance="l1")
+    with pytest.raises(ValueError, match="multiscale_pools must be an integer >= 0"):
+        losses.DiffusionLossConfig(multiscale_pools=-1)
     with pytest.raises(ValueError, match="needs a teacher"):
         losses.consistency_loss(
             TOY_PARAMS, {"image": jnp.zeros((2, 3)), "label": jnp.zeros(2, jnp.int32)},

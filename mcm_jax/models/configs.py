@@ -1,5 +1,9 @@
 """Named UViT configurations (design §1.6) and the small ones for digits, CIFAR-10 and tests.
 
+Dropout follows the paper's appendix A.1: ImageNet64 small 0.2 on the middle stack, large 0.1 on
+every transformer block; ImageNet128 small 0.1 on the middle stack, large 0.1 on every block
+(ResNet and transformer) except the ResNet level at 128x128.
+
 A UViT is a list of levels, each at half the resolution of the one before, followed by a middle
 stack of transformer blocks at half the last level's resolution; the up path mirrors the levels.
 Per-level settings are tuples of equal length (`level_kinds`, `level_channels`, `level_blocks`,
@@ -79,6 +83,7 @@ def _imagenet128_small() -> ml_collections.ConfigDict:
     config.level_channels = (128, 256, 512)
     config.level_blocks = (3, 3, 3)
     config.level_dropout = (0.0, 0.0, 0.0)
+    config.middle_dropout = 0.1
     return config
 
 
@@ -86,7 +91,7 @@ def _imagenet128_large() -> ml_collections.ConfigDict:
     config = _imagenet128_small()
     config.name = "imagenet128_large"
     config.level_channels = (256, 512, 1024)
-    config.level_dropout = (0.0, 0.0, 0.1)
+    config.level_dropout = (0.0, 0.1, 0.1)
     config.middle_channels = 2048
     config.middle_dropout = 0.1
     return config
