@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "jax>=0.10,<0.13",
     "flax>=0.12,<0.13",
-    "optax>=0.2.4",
+    "optax>=0.2.5",
     "orbax-checkpoint>=0.12,<0.13",
     "ml_collections>=1.0",
     "numpy>=1.26",
