@@ -35,17 +35,11 @@ def student_args(arg: str, **defaults) -> dict:
 
 
 def make_student(config, steps: int, method: str):
-    """Turns a teacher config into its S-step student with the paper's MCM settings."""
+    """Turns a teacher config into its S-step student with the paper's MCM settings: the other
+    `config.mcm` fields keep `config_lib.base_config`'s defaults, which are the paper's."""
     config.objective = "mcm"
     config.mcm.method = method
     config.mcm.student_steps = steps
-    config.mcm.teacher_steps_start = 64
-    config.mcm.teacher_steps_end = 1280
-    config.mcm.anneal_iterations = 100_000
-    config.mcm.xvar_frac = 0.75
-    config.mcm.huber_c = 1e-4
-    config.mcm.weighting = "v"
-    config.mcm.guidance_weight = 0.0
     config.teacher.workdir = ""
     config.training.num_steps = 200_000
     return config

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -129,14 +130,6 @@ def distance(delta: Array, kind: str, huber_c: float) -> Array:
     raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
 
 
-def average_pool_2x2(x: Array) -> Array:
-    """2×2 average pooling of (batch, height, width, channels) images."""
-    b, h, w, c = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"2x2 pooling needs even height and width, got {h}x{w}")
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
 def multiscale_distance(delta: Array, kind: str, huber_c: float, pools: int) -> Array:
     """Simple diffusion's multiscale loss: `distance` of δ, plus 2^k × `distance` of δ after k
     successive 2×2 average poolings for k = 1..`pools`.
@@ -147,7 +140,9 @@ def multiscale_distance(delta: Array, kind: str, huber_c: float, pools: int) -> 
     """
     total = distance(delta, kind, huber_c)
     for k in range(1, pools + 1):
-        delta = average_pool_2x2(delta)
+        if delta.shape[1] % 2 or delta.shape[2] % 2:
+            raise ValueError(f"2x2 pooling {k} of {pools} needs even sides, got {delta.shape[1:3]}")
+        delta = nn.avg_pool(delta, (2, 2), strides=(2, 2))
         total = total + 2.0**k * distance(delta, kind, huber_c)
     return total
 

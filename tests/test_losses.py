@@ -212,6 +212,8 @@ def test_multiscale_distance_sums_pooled_errors_weighted_by_the_pooling_factor(k
     ):
         got = losses.multiscale_distance(jnp.asarray(delta, jnp.float32), kind, 0.5, pools)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooling 4 of 4 needs even sides"):
+        losses.multiscale_distance(jnp.asarray(delta, jnp.float32), kind, 0.5, 4)
 
 
 def test_multiscale_loss_weights_coarse_errors_and_ignores_pixel_noise():
