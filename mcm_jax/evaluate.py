@@ -30,7 +30,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, config_lib, images, samplers, train
+from mcm_jax import checkpointing, config_lib, images, multihost, samplers, train
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
@@ -180,16 +180,12 @@ class _Job:
     def __init__(
         self, config: ml_collections.ConfigDict, settings: list[SamplerSetting], root: epath.Path
     ):
-        from clu import metric_writers
-
         e = config.eval
         self.config, self.settings, self.root = config, settings, root
         self.x_var_fn = load_x_var_table(e.x_var_table) if e.x_var_table else None
         self.trainer = train.Trainer(config)
         self.space = metrics.feature_space(config, self.trainer.mesh)
-        self.writer = metric_writers.create_default_writer(
-            str(root), just_logging=jax.process_index() > 0, asynchronous=False
-        )
+        self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}
 
     def evaluate_step(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -189,7 +190,9 @@ class TrainIterator:
 
     Epoch e of process p is a fixed stream: files read in an order seeded by (seed, e, p), a
     seeded shuffle buffer, per-example flips keyed by the example's position in the epoch, and
-    batches that drop each epoch's remainder. The state counts batches handed out.
+    batches that drop each epoch's remainder. The state counts the examples handed out, so a run
+    may resume with another global batch size and continue the same example stream; with another
+    number of processes the interrupted epoch restarts from its beginning (see `_position`).
     """
 
     def __init__(
@@ -218,28 +221,34 @@ class TrainIterator:
             process_count=process_count,
             drop_remainder=True,
         )
-        self._epoch, self._batch_in_epoch = self._position(state)
-        self._batches = self._epoch_batches(skip_batches=self._batch_in_epoch)
+        self._epoch, self._examples_in_epoch, self._examples_seen = self._position(state)
+        self._batches = self._epoch_batches(skip_examples=self._examples_in_epoch)
         self._pending: Batch | None = None
 
-    def _position(self, state: dict | None) -> tuple[int, int]:
+    def _position(self, state: dict | None) -> tuple[int, int, int]:
+        """(epoch, examples of this process's epoch stream consumed, examples seen in all)."""
         if state is None:
-            return 0, 0
-        expected = {
-            "seed": self._seed,
-            "global_batch_size": self._global_batch_size,
-            "process_count": self._process_count,
-        }
-        for key, value in expected.items():
-            if state.get(key) != value:
-                raise ValueError(
-                    f"data state {key}={state.get(key)!r} differs from this run's {key}={value}: "
-                    f"an exact resume needs the same {key}; start the data stream afresh "
-                    "(state=None) to change it."
-                )
-        return int(state["epoch"]), int(state["batch_in_epoch"])
+            return 0, 0, 0
+        if state["seed"] != self._seed:
+            raise ValueError(
+                f"data state seed={state['seed']} differs from this run's seed={self._seed}: "
+                "the data position belongs to another run."
+            )
+        epoch, in_epoch = int(state["epoch"]), int(state["examples_in_epoch"])
+        seen = int(state["examples_seen"])
+        if state["process_count"] != self._process_count:
+            # Each process reads its own share of the split, so the rest of this epoch cannot be
+            # re-split exactly over another number of processes.
+            logging.warning(
+                "data position: the checkpoint was written by %d processes and this run has %d; "
+                "epoch %d cannot be re-split at the example where it stopped, so it restarts "
+                "from its beginning (examples seen so far: %d, kept).",
+                state["process_count"], self._process_count, epoch, seen,
+            )
+            in_epoch = 0
+        return epoch, in_epoch, seen
 
-    def _epoch_batches(self, *, skip_batches: int) -> Iterator[Batch]:
+    def _epoch_batches(self, *, skip_examples: int) -> Iterator[Batch]:
         entropy = [self._seed, self._epoch, self._process_index]
         file_seed, buffer_seed, flip_seed = map(
             int, np.random.SeedSequence(entropy).generate_state(3)
@@ -249,7 +258,7 @@ class TrainIterator:
             self._config.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
         )
         ds = ds.enumerate()  # position in the epoch: the key of the example's flip
-        ds = ds.skip(skip_batches * self._local_batch_size)  # still encoded: cheap
+        ds = ds.skip(skip_examples)  # still encoded: cheap
         random_flip = self._config.random_flip
 
         def preprocess(position, record):
@@ -274,15 +283,15 @@ class TrainIterator:
             batch = next(self._batches, None)
             if batch is not None:
                 return batch
-            if self._batch_in_epoch == 0:
+            if self._examples_in_epoch == 0:
                 raise ValueError(
                     f"data.train_split={self._config.train_split!r} has fewer examples per process "
                     f"than the local batch ({self._local_batch_size}): use a larger split or a "
                     "smaller global_batch_size."
                 )
             self._epoch += 1
-            self._batch_in_epoch = 0
-            self._batches = self._epoch_batches(skip_batches=0)
+            self._examples_in_epoch = 0
+            self._batches = self._epoch_batches(skip_examples=0)
 
     def __iter__(self) -> "TrainIterator":
         return self
@@ -290,24 +299,26 @@ class TrainIterator:
     def __next__(self) -> Batch:
         batch = self._pending if self._pending is not None else self._next_batch()
         self._pending = None
-        self._batch_in_epoch += 1
+        self._examples_in_epoch += self._local_batch_size
+        self._examples_seen += self._global_batch_size
         return batch
 
     def get_state(self) -> dict:
         """JSON-serialisable position after the batches handed out so far.
 
-        {"seed", "global_batch_size", "process_count", "epoch", "batch_in_epoch"}; the same on
-        every process. At the end of an epoch it already names the next one (the next batch is
-        fetched to find out), so a resume never reads through a finished epoch.
+        {"seed", "process_count", "epoch", "examples_in_epoch", "examples_seen"}: the epoch, how
+        far each process is into its share of it, and the examples consumed by all processes;
+        the same on every process. At the end of an epoch it already names the next one (the
+        next batch is fetched to find out), so a resume never reads through a finished epoch.
         """
         if self._pending is None:
             self._pending = self._next_batch()
         return {
             "seed": self._seed,
-            "global_batch_size": self._global_batch_size,
             "process_count": self._process_count,
             "epoch": self._epoch,
-            "batch_in_epoch": self._batch_in_epoch,
+            "examples_in_epoch": self._examples_in_epoch,
+            "examples_seen": self._examples_seen,
         }
 
 
@@ -332,8 +343,9 @@ def create_train_iterator(
 ) -> TrainIterator:
     """Infinite, shuffled, resumable training batches of this process (see TrainIterator).
 
-    `state` is a `get_state()` of an earlier iterator with the same seed, global batch size and
-    process count: the new iterator continues exactly where that one was.
+    `state` is a `get_state()` of an earlier iterator with the same seed: with the same process
+    count the new iterator continues exactly where that one was (any global batch size); with
+    another, it restarts the interrupted epoch and logs a warning.
     """
     process_index, process_count = _process(process_index, process_count)
     validate(data_config, global_batch_size=global_batch_size, process_count=process_count)

@@ -37,6 +37,9 @@ def main(argv):
         )
     elif _launched_processes() > 1:
         jax.distributed.initialize()  # SLURM and Cloud TPU: detected from the environment
+    from mcm_jax import multihost
+
+    multihost.name_process_in_logs()
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     config = FLAGS.config

@@ -3,12 +3,12 @@
 `make_train_step` builds a pure function (state, batch, teacher_params) -> (state, metrics) that
 the loop jits with NamedShardings over the mesh and a donated state. The loop, `train_and_evaluate`,
 is one function of (config, workdir): it resumes from the workdir's latest checkpoint (state and
-data position), logs with clu, writes sample grids, and saves on SIGTERM.
+data position, into whatever mesh this run has), logs with clu (process 0), writes sample grids,
+and on a preemption notice saves the step that every process agrees on and returns.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any, Callable
 
@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from etils import epath
 
-from mcm_jax import checkpointing, config_lib, images, losses, samplers, sharding
+from mcm_jax import (
+    checkpointing, config_lib, images, losses, multihost, preemption, samplers, sharding,
+)
 from mcm_jax.models import build, flops_per_example
 
 Params = Any
@@ -290,29 +292,6 @@ def _check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.teacher.workdir: {workdir!r} does not exist")
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (no host sync needed)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: nothing to install
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
     host = jax.device_get(buffer)
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -320,8 +299,6 @@ def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
-    from clu import metric_writers, parameter_overview, periodic_actions
-
     from mcm_jax import input_pipeline
 
     config_lib.validate(config)
@@ -340,25 +317,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     teacher_params = load_teacher(config, trainer) if config.objective == "mcm" else None
 
     latest = ckpt.latest_step()
-    data_state = None
+    # Watch for preemption from here on: restoring a large state takes a while.
+    watcher = preemption.PreemptionWatcher(ckpt.manager, latest or 0)
+    with watcher:
+        state, data_state = _initial_state(trainer, ckpt, latest, teacher_params)
+        state = _train_loop(
+            config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params
+        )
+    ckpt.wait()
+    ckpt.close()
+    return state
+
+
+def _initial_state(
+    trainer: Trainer, ckpt: checkpointing.Checkpointer, latest: int | None, teacher_params
+) -> tuple[TrainState, dict | None]:
+    """The state and data position to continue from: the latest checkpoint (restored into this
+    run's mesh and shardings, whatever mesh wrote it), else a fresh state (a student starts from
+    its teacher's weights)."""
     if latest is not None:
         items, meta = ckpt.restore(latest, trainer.abstract_state)
         state = TrainState(
             step=jnp.asarray(meta["step"], jnp.int32), nonfinite_step=jnp.asarray(-1, jnp.int32),
             **items,
         )
-        state = jax.device_put(state, trainer.state_shardings)
-        data_state = meta["data_state"]
-    elif teacher_params is not None:
-        state = trainer.state_from_params(teacher_params)  # students start from the teacher
-    else:
-        state = trainer.init_state()
-    step = int(state.step)
+        return jax.device_put(state, trainer.state_shardings), meta["data_state"]
+    if teacher_params is not None:
+        return trainer.state_from_params(teacher_params), None
+    return trainer.init_state(), None
 
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True
-    )
-    if step == 0:
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    trainer: Trainer,
+    ckpt: checkpointing.Checkpointer,
+    watcher: preemption.PreemptionWatcher,
+    state: TrainState,
+    data_state: dict | None,
+    teacher_params,
+) -> TrainState:
+    """Steps to config.training.num_steps or to an agreed preemption step, saving on the way."""
+    from clu import parameter_overview, periodic_actions
+
+    from mcm_jax import input_pipeline
+
+    t = config.training
+    step = int(state.step)
+    is_chief = multihost.is_chief()
+    writer = multihost.metric_writer(workdir, asynchronous=True)
+    if step == 0 and is_chief:
         parameter_overview.log_parameter_overview(state.params)
         writer.write_hparams(
             {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -366,7 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     data = input_pipeline.create_train_iterator(
         config.data, global_batch_size=t.batch_size, seed=config.seed, state=data_state
     )
-    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+    report = (
+        periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+        if is_chief else lambda step: None
+    )
     flops_per_step = train_flops_per_example(config) * t.batch_size
     buffer: list[dict] = []
     last_time, last_step = time.time(), step
@@ -380,41 +391,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 f"checkpoint in {workdir} is step {ckpt.latest_step()}."
             )
 
-    with _Preemption() as preemption:
-        while step < t.num_steps:
-            batch = sharding.host_local_to_global(next(data), trainer.mesh)
-            state, metrics = trainer.train_step(state, batch, teacher_params)
-            step += 1
-            if not buffer and step == last_step + 1:
-                # Time from the end of the first step on, so compilation is not counted as speed.
-                jax.block_until_ready(metrics)
-                last_time, last_step = time.time(), step
-            buffer.append(metrics)
-            report(step)
-            if step % t.log_every == 0 or step == t.num_steps:
-                check_finite(state)
-                scalars = _mean_metrics(buffer)
-                buffer = []
-                now = time.time()
-                steps_per_sec = (step - last_step) / (now - last_time)
-                last_time, last_step = now, step
-                tflops = flops_per_step * steps_per_sec / jax.device_count() / 1e12
-                scalars.update(
-                    steps_per_sec=steps_per_sec,
-                    examples_per_sec=steps_per_sec * t.batch_size,
-                    tflops_per_device=tflops,
-                    mfu=tflops / config.peak_tflops_per_device,
-                )
-                writer.write_scalars(step, scalars)
-            if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
-                check_finite(state)
-                ckpt.save(step, state, data.get_state())
-            if t.sample_every and step % t.sample_every == 0:
-                grid = trainer.sample(state.ema_params[0], t.sample_images, jax.random.PRNGKey(step))
+    while step < t.num_steps:
+        batch = sharding.host_local_to_global(next(data), trainer.mesh)
+        state, metrics = trainer.train_step(state, batch, teacher_params)
+        step += 1
+        if not buffer and step == last_step + 1:
+            # Time from the end of the first step on, so compilation is not counted as speed.
+            jax.block_until_ready(metrics)
+            last_time, last_step = time.time(), step
+        buffer.append(metrics)
+        report(step)
+        if step % t.log_every == 0 or step == t.num_steps:
+            check_finite(state)
+            scalars = _mean_metrics(buffer)
+            buffer = []
+            now = time.time()
+            steps_per_sec = (step - last_step) / (now - last_time)
+            last_time, last_step = now, step
+            tflops = flops_per_step * steps_per_sec / jax.device_count() / 1e12
+            scalars.update(
+                steps_per_sec=steps_per_sec,
+                examples_per_sec=steps_per_sec * t.batch_size,
+                tflops_per_device=tflops,
+                mfu=tflops / config.peak_tflops_per_device,
+            )
+            writer.write_scalars(step, scalars)
+        preempted = watcher.reached(step)
+        if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
+            check_finite(state)
+            ckpt.save(step, state, data.get_state())
+        if t.sample_every and step % t.sample_every == 0:
+            grid = trainer.sample(state.ema_params[0], t.sample_images, jax.random.PRNGKey(step))
+            if is_chief:
                 images.write_grid(workdir, f"samples_{step:08d}", grid, writer, step)
-            if preemption.requested:
-                break
+        if preempted:
+            break
     ckpt.wait()
-    ckpt.close()
     writer.flush()
     return state

@@ -30,3 +30,9 @@ def digits_data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
     tfds.builder("digits/16x16", data_dir=str(path)).download_and_prepare()
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: end-to-end runs in subprocesses (deselect with -m 'not slow')"
+    )

@@ -102,7 +102,7 @@ def test_imagenet2012_mock(tmp_path, resolution):
         batches = [next(iterator) for _ in range(4)]  # 3 batches per epoch: crosses an epoch
         state = iterator.get_state()
     _check_train_batches(config, batches, (8, resolution, resolution, 3), 1000)
-    assert (state["epoch"], state["batch_in_epoch"]) == (1, 1)
+    assert (state["epoch"], state["examples_in_epoch"], state["examples_seen"]) == (1, 8, 64)
 
 
 @pytest.mark.parametrize(
@@ -228,11 +228,56 @@ def test_resume_is_bit_exact_across_epochs(digits_config):
         first = input_pipeline.create_train_iterator(config, **kwargs)
         _assert_same_batches([next(first) for _ in range(n)], reference[:n])
         state = json.loads(json.dumps(first.get_state()))
-        assert (state["epoch"], state["batch_in_epoch"]) == divmod(n, 4)
+        epoch, batch_in_epoch = divmod(n, 4)
+        assert (state["epoch"], state["examples_in_epoch"]) == (epoch, 8 * batch_in_epoch)
+        assert state["examples_seen"] == 16 * n
         resumed = input_pipeline.create_train_iterator(config, state=state, **kwargs)
         _assert_same_batches([next(resumed) for _ in range(n)], reference[n : 2 * n])
     with pytest.raises(ValueError, match="seed"):
         input_pipeline.create_train_iterator(config, state=state, **{**kwargs, "seed": 8})
+
+
+def test_resume_with_another_batch_size_continues_the_example_stream(digits_config):
+    config = digits_config.copy_and_resolve_references()
+    config.train_split = "train[:192]"  # 96 per process
+    config.shuffle_buffer = 16
+    kwargs = dict(seed=5, process_index=0, process_count=2)
+    straight = input_pipeline.create_train_iterator(config, global_batch_size=16, **kwargs)
+    stream = np.concatenate([next(straight)["image"] for _ in range(9)])  # 72 examples
+    first = input_pipeline.create_train_iterator(config, global_batch_size=16, **kwargs)
+    for _ in range(3):
+        next(first)
+    state = first.get_state()
+    resumed = input_pipeline.create_train_iterator(
+        config, global_batch_size=32, state=state, **kwargs
+    )
+    continued = np.concatenate([next(resumed)["image"] for _ in range(3)])  # 16 per process
+    np.testing.assert_array_equal(continued, stream[24:72])
+    assert resumed.get_state()["examples_seen"] == 3 * 16 + 3 * 32
+
+
+def test_resume_on_another_process_count_restarts_the_epoch_with_a_warning(digits_config, caplog):
+    config = digits_config.copy_and_resolve_references()
+    config.train_split = "train[:64]"  # 2 processes: 32 each, 4 batches of 8 per epoch
+    config.shuffle_buffer = 16
+    two = input_pipeline.create_train_iterator(
+        config, global_batch_size=16, seed=2, process_index=1, process_count=2
+    )
+    for _ in range(6):  # into epoch 1
+        next(two)
+    state = two.get_state()
+    assert (state["epoch"], state["examples_in_epoch"]) == (1, 16)
+    one = lambda state: input_pipeline.create_train_iterator(
+        config, global_batch_size=16, seed=2, state=state, process_index=0, process_count=1
+    )
+    with caplog.at_level("WARNING"):
+        resumed = one(state)
+    assert "written by 2 processes and this run has 1" in caplog.text
+    assert "epoch 1" in caplog.text and "examples seen so far: 96" in caplog.text
+    # The well-defined point: epoch 1 of the one-process stream, from its start.
+    reference = one({**state, "process_count": 1, "examples_in_epoch": 0})
+    _assert_same_batches([next(resumed) for _ in range(5)], [next(reference) for _ in range(5)])
+    assert resumed.get_state()["examples_seen"] == 96 + 5 * 16
 
 
 # ------------------------------------------------------------------------------- evaluation

@@ -1,13 +1,22 @@
-"""Two local processes (jax.distributed over gloo) train together, checkpoint, and resume."""
+"""Two local processes (jax.distributed over gloo), launched as the README says: they train
+together, stop at one agreed step when any of them gets SIGTERM, and resume, also on one process."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
-from mcm_jax import checkpointing
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_diffusion
+from mcm_jax import checkpointing, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -16,39 +25,123 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_together(workdir, data_dir, num_steps):
+def _command(workdir, data_dir, num_steps, checkpoint_every=3):
+    return [
+        sys.executable, "-m", "mcm_jax.main", "--config=configs/digits_diffusion.py:model=tiny",
+        f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+        "--config.data.shuffle_buffer=500", "--config.training.batch_size=16",
+        "--config.training.log_every=3", "--config.training.sample_every=0",
+        f"--config.training.num_steps={num_steps}",
+        f"--config.training.checkpoint_every={checkpoint_every}",
+    ]
+
+
+def _start(workdir, data_dir, num_steps, checkpoint_every=3, processes=2, devices=1, tag="run"):
+    """Starts the processes of one launch, each with `devices` CPU devices; their logs go to
+    <workdir>.<tag>.<process>.log."""
     port = _free_port()
-    processes = []
-    for process_id in range(2):
+    launched = []
+    for process_id in range(processes):
         env = dict(
             os.environ,
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(process_id),
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-            XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
-                "device_count=8", "device_count=2"
-            ),
+            XLA_FLAGS=os.environ["XLA_FLAGS"].replace("device_count=8", f"device_count={devices}"),
         )
-        command = [
-            sys.executable, "-m", "mcm_jax.main", "--config=configs/digits_diffusion.py:model=tiny",
-            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            "--config.data.shuffle_buffer=500", "--config.training.batch_size=16",
-            "--config.training.log_every=3", "--config.training.sample_every=0",
-            f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=3",
-        ]
-        processes.append(
-            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
-    for p in processes:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err.decode()[-4000:]
+        if processes > 1:
+            env.update(
+                JAX_NUM_PROCESSES=str(processes),
+                JAX_PROCESS_ID=str(process_id),
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            )
+        log = f"{workdir}.{tag}.{process_id}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                _command(workdir, data_dir, num_steps, checkpoint_every),
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        launched.append((process, log))
+    return launched
 
 
-def test_two_processes_train_checkpoint_and_resume(tmp_path, digits_data_dir):
-    workdir = tmp_path / "run"
-    _train_together(workdir, digits_data_dir, num_steps=6)
+def _finish(launched, timeout=300):
+    for process, log in launched:
+        process.wait(timeout=timeout)
+        assert process.returncode == 0, open(log).read()[-4000:]
+    return [open(log).read() for _, log in launched]
+
+
+def _params(workdir):
+    """(step, params, meta) of the latest checkpoint, restored onto this process's first device."""
+    config = digits_diffusion.get_config("model=tiny")
+    config.training.batch_size = 16
+    abstract = train.Trainer(config, devices=jax.devices()[:1]).abstract_state
     ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
-    assert ckpt.all_steps() == [3, 6]
-    _train_together(workdir, digits_data_dir, num_steps=9)  # resumes at 6
-    assert checkpointing.Checkpointer(str(workdir), read_only=True).all_steps() == [3, 6, 9]
+    step = ckpt.latest_step()
+    items, meta = ckpt.restore(step, abstract)
+    ckpt.close()
+    return step, items["params"], meta
+
+
+NUM_STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_data_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    _finish(_start(workdir, digits_data_dir, NUM_STEPS, checkpoint_every=NUM_STEPS))
+    return _params(workdir)
+
+
+def _wait_for_training(workdir, launched, timeout=300):
+    deadline = time.time() + timeout
+    while not (workdir / "checkpoints" / "3").exists():
+        for process, log in launched:
+            assert process.poll() is None, open(log).read()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signalled", [(0, 1), (1,)], ids=["both_1.5s_apart", "one_only"])
+def test_sigterm_stops_every_process_at_one_step_and_resumes_exactly(
+    tmp_path, digits_data_dir, uninterrupted, signalled
+):
+    workdir = tmp_path / "run"
+    launched = _start(workdir, digits_data_dir, NUM_STEPS, checkpoint_every=3)
+    _wait_for_training(workdir, launched)
+    for i, process_id in enumerate(signalled):
+        if i:
+            time.sleep(1.5)
+        launched[process_id][0].send_signal(signal.SIGTERM)
+    started = time.time()
+    logs = _finish(launched, timeout=120)
+    assert time.time() - started < 120
+
+    step = checkpointing.Checkpointer(str(workdir), read_only=True).latest_step()
+    assert 3 <= step < NUM_STEPS  # the signal really interrupted the run
+    for process_id, log in enumerate(logs):  # each process saved that step
+        assert f"process {process_id}: preemption notice: saving step {step} " in log, log[-3000:]
+
+    _finish(_start(workdir, digits_data_dir, NUM_STEPS, checkpoint_every=3, tag="resumed"))
+    step_a, params_a, meta_a = uninterrupted
+    step_b, params_b, meta_b = _params(workdir)
+    assert step_a == step_b == NUM_STEPS
+    assert meta_a["data_state"] == meta_b["data_state"]
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_two_processes_resume_on_one(tmp_path, digits_data_dir):
+    """A run checkpointed by 2 processes (2 devices each) finishes on 1 process (2 devices): the
+    state restores, and the data stream restarts its epoch under the new split with a warning."""
+    workdir = tmp_path / "run"
+    logs = _finish(_start(workdir, digits_data_dir, num_steps=6, devices=2))
+    assert "[process 1/2]" in logs[1] and "steps_per_sec" not in logs[1]  # one voice
+    assert "steps_per_sec" in logs[0]
+    assert checkpointing.Checkpointer(str(workdir), read_only=True).all_steps() == [3, 6]
+
+    (log,) = _finish(_start(workdir, digits_data_dir, num_steps=9, processes=1, devices=2, tag="one"))
+    assert "written by 2 processes and this run has 1" in log
+    step, params, meta = _params(workdir)
+    assert step == 9 and meta["data_state"]["process_count"] == 1
+    assert meta["data_state"]["examples_seen"] == 9 * 16
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
