@@ -4,21 +4,95 @@ Items are saved separately (params, opt_state, ema_params, meta) so a distillati
 only a teacher's EMA parameters. Saves are asynchronous and atomic (orbax writes a temporary
 directory and renames it), so a job killed at any moment restarts from the last complete step.
 Every process calls every method; orbax coordinates the writes.
+
+Each step's meta also holds a checksum of every saved array, computed from the values on the
+devices when the step is saved. A restore recomputes them, so damaged files (truncated, missing,
+flipped bits) are found even where the file format itself does not notice; `restore_latest`
+then falls back to the newest step that restores intact, and moves the damaged ones aside.
 """
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 CONFIG_FILE = "config.json"
-ITEMS = ("params", "opt_state", "ema_params", "meta")
+ARRAY_ITEMS = ("params", "opt_state", "ema_params")
+ITEMS = ARRAY_ITEMS + ("meta",)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint step that cannot be read, or whose arrays differ from what was saved."""
+
+
+def _drop_reports_of_abandoned_reads() -> None:
+    """When a restore fails, the reads it still had in flight finish later: they find its event
+    loop closed (an unraisable RuntimeError, printed with a traceback) and leave futures whose
+    error nobody retrieves (logged by asyncio, with a traceback, when they are collected). The
+    failure itself reaches the caller once, as an exception; those two reports, and only those,
+    are dropped from the first restore on."""
+    if getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
+        return
+    sys.unraisablehook = _dropping_closed_loop_reports(sys.unraisablehook)
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: not record.getMessage().startswith("Future exception was never retrieved")
+    )
+
+
+def _dropping_closed_loop_reports(previous):
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    return hook
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    """Position-weighted sum of the array's bits, modulo 2^32: any changed or moved element
+    changes it (barring a 2^-32 coincidence), and integer sums do not depend on the device
+    layout or the reduction order."""
+    if x.dtype.itemsize == 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+        bits = x.astype(jnp.uint32)
+    # Row-major position from per-axis iotas: no reshape, so a sharded array stays sharded.
+    position = jnp.zeros(x.shape, jnp.uint32)
+    for axis, size in enumerate(x.shape):
+        position = position * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
+    weights = position * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprint(items: dict[str, Any]) -> tuple[dict[str, list], jax.Array]:
+    checksums = {name: [_leaf_checksum(x) for x in jax.tree.leaves(tree)] for name, tree in items.items()}
+    finite = jnp.all(jnp.stack([
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(items)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]))
+    return checksums, finite
+
+
+def fingerprint(items: dict[str, Any]) -> tuple[dict[str, list[int]], bool]:
+    """({item: [checksum of each leaf]}, whether every float is finite), fetched to the host."""
+    checksums, finite = jax.device_get(_fingerprint(items))
+    return {k: [int(c) for c in v] for k, v in checksums.items()}, bool(finite)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -59,8 +133,16 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
-        """Saves (asynchronously) the train state and the data position at `step`."""
-        meta = {"step": int(step), "data_state": data_state}
+        """Saves (asynchronously) the train state, the data position and the arrays' checksums
+        at `step`. A state with non-finite parameters is never saved: FloatingPointError."""
+        checksums, finite = fingerprint({k: getattr(state, k) for k in ARRAY_ITEMS})
+        if not finite:
+            self.wait()
+            raise FloatingPointError(
+                f"the parameters at step {step} are not finite; training stopped without saving "
+                f"them. {self.last_good_message()}"
+            )
+        meta = {"step": int(step), "data_state": data_state, "checksums": checksums}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -72,27 +154,100 @@ class Checkpointer:
             force=True,
         )
 
+    def last_good_message(self) -> str:
+        """Names the newest saved step (only finite states are saved), or says there is none."""
+        self.wait()
+        latest = self.latest_step()
+        run = self.directory.parent
+        if latest is None:
+            return f"No checkpoint was saved: the run in {run} diverged before its first save."
+        return f"The last good checkpoint in {run} is step {latest}."
+
     def restore(self, step: int, abstract_state: Any) -> tuple[dict[str, Any], dict]:
-        """Restores every item of `step` into the layout of `abstract_state`; returns (items, meta)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-                ema_params=ocp.args.StandardRestore(abstract_state.ema_params),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        items = {name: restored[name] for name in ("params", "opt_state", "ema_params")}
+        """Restores every item of `step` into the layout of `abstract_state`; returns (items, meta).
+
+        Raises DamagedCheckpointError when the step cannot be read or its checksums differ.
+        """
+        args = {name: ocp.args.StandardRestore(getattr(abstract_state, name)) for name in ARRAY_ITEMS}
+        restored = self._restore(step, dict(args, meta=ocp.args.JsonRestore()))
+        items = {name: restored[name] for name in ARRAY_ITEMS}
+        self._verify(step, items, restored["meta"])
         return items, restored["meta"]
 
-    def restore_ema_params(self, step: int, abstract_ema_params: Any) -> Any:
-        """Restores only the EMA parameters of `step` (for a teacher)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(ema_params=ocp.args.StandardRestore(abstract_ema_params)),
+    def restore_latest(self, abstract_state: Any) -> tuple[int, dict[str, Any], dict] | None:
+        """(step, items, meta) of the newest step that restores intact, or None without steps.
+
+        Damaged newer steps are moved to <workdir>/damaged_checkpoints (never deleted) with a
+        warning. If no step restores, nothing is moved and the error lists every step's fault.
+        """
+        faults = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                items, meta = self.restore(step, abstract_state)
+            except DamagedCheckpointError as error:
+                faults.append((step, str(error)))
+                continue
+            if faults:
+                self._move_aside(faults, good=step)
+            return step, items, meta
+        if not faults:
+            return None
+        raise DamagedCheckpointError(
+            f"no checkpoint in {self.directory} can be restored:\n"
+            + "\n".join(f"  step {bad}: {why}" for bad, why in faults)
         )
+
+    def restore_ema_params(self, step: int, abstract_ema_params: Any) -> Any:
+        """Restores only the EMA parameters of `step` (for a teacher or the eval job)."""
+        restored = self._restore(
+            step,
+            {"ema_params": ocp.args.StandardRestore(abstract_ema_params), "meta": ocp.args.JsonRestore()},
+        )
+        self._verify(step, {"ema_params": restored["ema_params"]}, restored["meta"])
         return restored["ema_params"]
+
+    def _restore(self, step: int, args: dict) -> Any:
+        _drop_reports_of_abandoned_reads()
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as error:  # noqa: BLE001  (any failure to read the files: see below)
+            # orbax, tensorstore and the JSON reader each raise their own types for unreadable
+            # files; all of them mean this step cannot be used.
+            summary = str(error).strip().splitlines()
+            raise DamagedCheckpointError(
+                f"step {step} could not be read ({type(error).__name__}: "
+                f"{summary[-1] if summary else ''})"
+            ) from error
+
+    def _verify(self, step: int, items: dict[str, Any], meta: dict) -> None:
+        expected = meta.get("checksums")
+        if expected is None:  # written before checksums were saved
+            return
+        actual, _ = fingerprint(items)
+        for name, checksums in actual.items():
+            if checksums != expected[name]:
+                bad = sum(a != e for a, e in zip(checksums, expected[name]))
+                raise DamagedCheckpointError(
+                    f"step {step}: {bad} of the {len(checksums)} arrays of {name!r} differ from "
+                    "what was saved (checksum mismatch)"
+                )
+
+    def _move_aside(self, faults: list[tuple[int, str]], good: int) -> None:
+        damaged = self.directory.parent / DAMAGED_DIR
+        if jax.process_index() == 0:
+            damaged.mkdir(parents=True, exist_ok=True)
+            for step, why in faults:
+                target, suffix = damaged / str(step), 1
+                while target.exists():  # the same step number damaged again in a later attempt
+                    target, suffix = damaged / f"{step}.{suffix}", suffix + 1
+                (self.directory / str(step)).rename(target)
+                logging.warning(
+                    "checkpoint step %d in %s is damaged (%s); moved it to %s and resuming from "
+                    "step %d.", step, self.directory, why, target, good,
+                )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("mcm_jax: damaged checkpoints moved aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -101,13 +256,24 @@ class Checkpointer:
         self.manager.close()
 
 
+def write_text_atomically(path: epath.Path, text: str) -> None:
+    """Writes a temporary file next to `path`, then renames it over `path`: a reader sees the old
+    or the new text, never a half-written file."""
+    temporary = path.parent / f".{path.name}.tmp{jax.process_index()}"
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes the resolved config as JSON into the workdir (process 0 only; local or gs://)."""
+    """Writes the resolved config as JSON into the workdir, atomically (process 0 only; local or
+    gs://)."""
     if jax.process_index() != 0:
         return
     directory = epath.Path(workdir)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_text_atomically(
+        directory / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True)
+    )
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -22,7 +22,8 @@ import optax
 from etils import epath
 
 from mcm_jax import (
-    checkpointing, config_lib, images, losses, multihost, preemption, samplers, sharding,
+    checkpointing, config_lib, images, losses, multihost, preemption, resume_config, samplers,
+    sharding,
 )
 from mcm_jax.models import build, flops_per_example
 
@@ -308,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         teacher_config = check_teacher_matches(config)
     trainer = Trainer(config, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
-    checkpointing.write_config(workdir, config)
+    resume_config.claim_workdir(workdir, config)
     t = config.training
     ckpt = checkpointing.Checkpointer(
         workdir, keep=t.keep_checkpoints, keep_period=t.keep_period,
@@ -316,11 +317,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     teacher_params = load_teacher(config, trainer) if config.objective == "mcm" else None
 
-    latest = ckpt.latest_step()
     # Watch for preemption from here on: restoring a large state takes a while.
-    watcher = preemption.PreemptionWatcher(ckpt.manager, latest or 0)
+    watcher = preemption.PreemptionWatcher(ckpt.manager, ckpt.latest_step() or 0)
     with watcher:
-        state, data_state = _initial_state(trainer, ckpt, latest, teacher_params)
+        state, data_state = _initial_state(trainer, ckpt, teacher_params)
         state = _train_loop(
             config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params
         )
@@ -330,13 +330,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _initial_state(
-    trainer: Trainer, ckpt: checkpointing.Checkpointer, latest: int | None, teacher_params
+    trainer: Trainer, ckpt: checkpointing.Checkpointer, teacher_params
 ) -> tuple[TrainState, dict | None]:
-    """The state and data position to continue from: the latest checkpoint (restored into this
-    run's mesh and shardings, whatever mesh wrote it), else a fresh state (a student starts from
-    its teacher's weights)."""
+    """The state and data position to continue from: the newest intact checkpoint (restored
+    into this run's mesh and shardings, whatever mesh wrote it), else a fresh state (a student
+    starts from its teacher's weights)."""
+    latest = ckpt.restore_latest(trainer.abstract_state)
     if latest is not None:
-        items, meta = ckpt.restore(latest, trainer.abstract_state)
+        _, items, meta = latest
         state = TrainState(
             step=jnp.asarray(meta["step"], jnp.int32), nonfinite_step=jnp.asarray(-1, jnp.int32),
             **items,
@@ -385,10 +386,9 @@ def _train_loop(
     def check_finite(state):
         bad = int(state.nonfinite_step)
         if bad >= 0:
-            ckpt.wait()
             raise FloatingPointError(
-                f"non-finite loss or gradient at step {bad}; training stopped. The last good "
-                f"checkpoint in {workdir} is step {ckpt.latest_step()}."
+                f"non-finite loss or gradient at step {bad}; training stopped. "
+                + ckpt.last_good_message()
             )
 
     while step < t.num_steps:

@@ -1,0 +1,180 @@
+"""Faults a run meets: a damaged latest checkpoint, a workdir resumed with another run's config, a
+run that diverges before its first save. Each is met where a user meets it: on the command line."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import digits_diffusion
+from mcm_jax import checkpointing, resume_config, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = "--config=configs/digits_diffusion.py:model=tiny"
+STUDENT = "--config=configs/digits_mcm.py:steps=2,method=cd,model=tiny"
+
+
+def _command(config_flag, workdir, data_dir, num_steps, *extra):
+    return [
+        sys.executable, "-m", "mcm_jax.main", config_flag, f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}", "--config.data.shuffle_buffer=500",
+        "--config.training.batch_size=16", "--config.training.log_every=3",
+        "--config.training.sample_every=0", f"--config.training.num_steps={num_steps}",
+        "--config.training.checkpoint_every=3", *extra,
+    ]
+
+
+def _run(command, check=True):
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _tree_digest(directory):
+    """{relative path: sha256} of every file under `directory`."""
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory, digits_data_dir):
+    """A teacher run with checkpoints at steps 3 and 6."""
+    workdir = tmp_path_factory.mktemp("six") / "run"
+    _run(_command(TEACHER, workdir, digits_data_dir, 6))
+    assert checkpointing.Checkpointer(str(workdir), read_only=True).all_steps() == [3, 6]
+    return workdir
+
+
+def _largest_params_file(workdir, step):
+    """The data file that orbax's OCDBT store reads the step's parameter arrays from."""
+    data = workdir / "checkpoints" / str(step) / "params" / "d"
+    return max(data.iterdir(), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_64_bytes(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        data = f.read(64)
+        f.seek(os.path.getsize(path) // 2)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_truncate, os.remove, _flip_64_bytes], ids=["truncated", "deleted", "bit_flipped"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
+    tmp_path, digits_data_dir, six_step_run, damage
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    damage(_largest_params_file(workdir, 6))
+
+    result = _run(_command(TEACHER, workdir, digits_data_dir, 9))
+    assert "checkpoint step 6 in" in result.stderr and "is damaged" in result.stderr
+    assert "resuming from step 3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (workdir / "damaged_checkpoints" / "6" / "params").is_dir()  # kept, not deleted
+    ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
+    assert ckpt.all_steps() == [3, 6, 9]  # steps 4-6 were trained again, then 7-9
+
+
+def _corrupt_recorded_checksum(workdir, step):
+    """Changes one recorded checksum: what arrays whose values changed without the file format
+    noticing look like to the restore."""
+    path = workdir / "checkpoints" / str(step) / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta["checksums"]["params"][0] ^= 1
+    path.write_text(json.dumps(meta))
+
+
+def test_no_restorable_step_is_one_message_and_moves_nothing(tmp_path, six_step_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    _flip_64_bytes(_largest_params_file(workdir, 6))
+    _corrupt_recorded_checksum(workdir, 3)
+    abstract = train.Trainer(_config()).abstract_state
+    ckpt = checkpointing.Checkpointer(str(workdir))
+    with pytest.raises(checkpointing.DamagedCheckpointError) as error:
+        ckpt.restore_latest(abstract)
+    message = str(error.value)
+    assert "no checkpoint in" in message and "can be restored" in message
+    assert "step 6: step 6 could not be read" in message
+    assert "step 3: step 3: 1 of the" in message and "checksum mismatch" in message
+    assert ckpt.all_steps() == [3, 6] and not (workdir / "damaged_checkpoints").exists()
+
+
+def _config():
+    config = digits_diffusion.get_config("model=tiny")
+    config.training.batch_size = 16
+    return config
+
+
+def test_teacher_workdir_rerun_as_a_student_is_refused_and_left_untouched(
+    tmp_path, digits_data_dir, six_step_run
+):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(six_step_run, teacher)
+    before = _tree_digest(teacher)
+    result = _run(
+        _command(STUDENT, teacher, digits_data_dir, 9, f"--config.teacher.workdir={teacher}"),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "holds a run with another config" in result.stderr
+    assert "config.objective: the run has 'diffusion', this command has 'mcm'" in result.stderr
+    assert _tree_digest(teacher) == before
+
+
+def test_allowed_changes_on_resume_are_recorded():
+    saved = json.loads(_config().to_json_best_effort())
+    new = _config()
+    new.training.num_steps, new.mesh.fsdp, new.seed = 50, 2, 1
+    new.training.batch_size = 32
+    forbidden, allowed = resume_config.config_changes(saved, new)
+    assert forbidden == {"seed": (0, 1)}
+    assert allowed == {
+        "mesh.fsdp": (1, 2), "training.batch_size": (16, 32),
+        "training.num_steps": (saved["training"]["num_steps"], 50),
+    }
+    new.seed = 0
+    new.model.embedding_width = 999  # a field the saved run lacks entirely is not compared
+    del saved["model"]["embedding_width"]
+    assert resume_config.config_changes(saved, new)[0] == {}
+
+
+@pytest.mark.slow
+def test_resume_with_more_steps_and_another_batch_records_the_change(
+    tmp_path, digits_data_dir, six_step_run
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    _run(_command(TEACHER, workdir, digits_data_dir, 9, "--config.training.batch_size=32"))
+    (record,) = [json.loads(line) for line in (workdir / "config_changes.jsonl").read_text().splitlines()]
+    assert record["resumed_after_step"] == 6
+    assert record["changes"] == {"training.batch_size": [16, 32], "training.num_steps": [6, 9]}
+    assert checkpointing.read_config(str(workdir)).training.batch_size == 32
+
+
+def test_divergence_before_the_first_save_says_so(tmp_path, digits_data_dir):
+    config = _config()
+    config.data.data_dir = str(digits_data_dir)
+    config.data.shuffle_buffer = 500
+    config.training.update(num_steps=20, checkpoint_every=100, log_every=1, sample_every=0)
+    config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up
+    config.optimizer.warmup_steps = 4
+    with pytest.raises(FloatingPointError, match="diverged before its first save"):
+        train.train_and_evaluate(config, str(tmp_path))
