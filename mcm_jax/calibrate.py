@@ -1,4 +1,4 @@
-r"""aDDIM calibration: a teacher's posterior variance x_var(t) measured on data (design §1.3 (b)).
+r"""aDDIM calibration: a teacher's posterior variance x_var(t) measured on data.
 
     python -m mcm_jax.calibrate --config=configs/<file>.py[:args] --workdir=<teacher workdir> \
         [--output=<path>.npz]
@@ -9,37 +9,38 @@ data.eval_split) to z_t = α_t x + σ_t ε, denoises them with the teacher's EMA
 (eval.step, eval.ema_index; conditional on the true labels) and records
 x_var(t) = η · mean ‖x − x̂(z_t)‖²/d with η = eval.calibration_eta. The table (npz: times,
 x_vars, eta, step, num_examples) goes to <workdir>/addim_x_var_step<step>.npz unless --output says
-otherwise; the eval job's aDDIM uses it through config.eval.x_var_table.
+otherwise; the eval job's aDDIM uses it through config.eval.x_var_table. Tables are read and
+written through etils.epath, so workdir and --output may be local or gs://.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from mcm_jax import checkpointing, diffusion, samplers, sharding, train
+from mcm_jax import checkpointing, diffusion, files, samplers, sharding, train
 from mcm_jax.eval import config as eval_config
 
 TABLE_KEYS = ("times", "x_vars")
 
 
-def table_path(workdir: str, step: int) -> str:
-    return os.path.join(workdir, f"addim_x_var_step{step}.npz")
+def table_path(workdir: epath.PathLike, step: int) -> str:
+    """Where `calibrate` writes the table of `step` by default: inside the teacher's workdir."""
+    return str(epath.Path(workdir) / f"addim_x_var_step{step}.npz")
 
 
-def load_x_var_table(path: str) -> samplers.XVarFn:
+def load_x_var_table(path: epath.PathLike) -> samplers.XVarFn:
     """The aDDIM x_var function of a calibration table (config.eval.x_var_table)."""
-    if not os.path.isfile(path):
+    if not files.is_file(path):
         raise FileNotFoundError(
             f"config.eval.x_var_table: no file at {path}; make it with python -m mcm_jax.calibrate "
             "--config=<the teacher's config> --workdir=<teacher workdir>"
         )
-    with np.load(path, allow_pickle=False) as table:
+    with files.open_npz(path) as table:
         missing = [key for key in TABLE_KEYS if key not in table.files]
         if missing:
             raise KeyError(
@@ -47,6 +48,16 @@ def load_x_var_table(path: str) -> samplers.XVarFn:
                 f"{TABLE_KEYS} (python -m mcm_jax.calibrate writes one)"
             )
         return samplers.table_x_var_fn(table["times"], table["x_vars"])
+
+
+def save_x_var_table(
+    path: epath.PathLike, times: np.ndarray, x_vars: np.ndarray, *, eta: float, step: int,
+    num_examples: int,
+) -> None:
+    """Writes a calibration table (atomically) for load_x_var_table, with how it was measured."""
+    files.save_npz(
+        path, times=times, x_vars=x_vars, eta=eta, step=step, num_examples=num_examples
+    )
 
 
 def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -126,8 +137,8 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str, output: str | Non
     x_vars = e.calibration_eta * sums / count
     path = output or table_path(workdir, step)
     if jax.process_index() == 0:
-        np.savez(
-            path, times=times, x_vars=x_vars, eta=e.calibration_eta, step=step, num_examples=count
+        save_x_var_table(
+            path, times, x_vars, eta=e.calibration_eta, step=step, num_examples=count
         )
     logging.info(
         "aDDIM calibration of step %d on %d examples, written to %s: %s", step, count, path,

@@ -1,6 +1,6 @@
 """A small CNN classifier of the bundled digits, whose penultimate features define FD-digits.
 
-Inception features mean nothing on 8x8 digits (design §1.7), so on data.name == "digits" the eval
+Inception features mean nothing on 8x8 digits, so on data.name == "digits" the eval
 job measures the Fréchet distance in the feature space of this network instead, and reports how
 often class-conditional samples are classified as their label. It trains in seconds on a CPU on
 the digits train split (numpy only, no TensorFlow) and is cached in the data dir, keyed by
@@ -20,6 +20,7 @@ import optax
 from absl import logging
 from etils import epath
 
+from mcm_jax import files
 from mcm_jax.datasets import digits_split
 from mcm_jax.fid.weights import flatten_params, unflatten_params
 
@@ -131,15 +132,12 @@ def cache_path(data_dir: str | None, resolution: int) -> epath.Path:
 
 def _save(path: epath.Path, classifier: DigitsClassifier) -> None:
     params = {f"params/{k}": np.asarray(v) for k, v in flatten_params(classifier.params).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / (path.name + f".partial{os.getpid()}")
-    with partial.open("wb") as f:
-        np.savez(f, test_accuracy=np.float64(classifier.test_accuracy), **params)
-    partial.replace(path)  # atomic: concurrent jobs never read half a file
+    # Atomic: concurrent jobs never read half a file.
+    files.save_npz(path, test_accuracy=np.float64(classifier.test_accuracy), **params)
 
 
 def _load(path: epath.Path, resolution: int) -> DigitsClassifier:
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as archive:
+    with files.open_npz(path) as archive:
         flat = {k.removeprefix("params/"): archive[k] for k in archive.files if "/" in k}
         accuracy = float(archive["test_accuracy"])
     return DigitsClassifier(unflatten_params(flat), resolution, accuracy)

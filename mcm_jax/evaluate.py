@@ -4,7 +4,7 @@ For one checkpoint (eval.step, or the latest), or every newest checkpoint as tra
 (eval.poll), it draws exactly eval.num_samples images with each sampler of the sweep (a student's
 S-step DDIM; a teacher's DDIM or aDDIM at each of eval.sweep_steps, optionally guided), sharded
 over all devices and processes and resumable after a kill, then scores them with FID or
-FD-digits (design §1.7). Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
+FD-digits. Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
 
     events.out.tfevents.*               scores and grids per checkpoint step (TensorBoard)
     step_<step>/sweep.{csv,json,png}    the score against steps, per sampler
@@ -17,7 +17,6 @@ A setting whose metrics.json exists is not recomputed, so rerunning a finished j
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, config_lib, images, multihost, samplers, train
+from mcm_jax import checkpointing, config_lib, files, images, multihost, samplers, train
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
@@ -282,9 +281,10 @@ class _Job:
                 images.save_png(str(directory / "samples.png"), grid)
                 self.writer.write_images(step, {setting.name: grid[None]})
             if e.save_samples:
-                buffer = io.BytesIO()
-                np.savez(buffer, arr_0=kept, labels=np.concatenate(kept_labels)[:keep])
-                (directory / "samples.npz").write_bytes(buffer.getvalue())
+                files.save_npz(
+                    directory / "samples.npz", arr_0=kept,
+                    labels=np.concatenate(kept_labels)[:keep],
+                )
         return scorer.result() if scorer else {}
 
 

@@ -10,7 +10,6 @@ in one process so TensorFlow, JAX and the compiled programs are set up once.
 
 from __future__ import annotations
 
-import os
 import time
 
 import ml_collections
@@ -25,7 +24,7 @@ TEACHER_SWEEP = (1, 2, 4, 8, 16)
 
 
 def _common(config: ml_collections.ConfigDict, workdir: str, samples: int) -> ml_collections.ConfigDict:
-    config.data.data_dir = os.path.join(workdir, "tensorflow_datasets")
+    config.data.data_dir = str(epath.Path(workdir) / "tensorflow_datasets")
     config.training.sample_every = 0
     config.eval.num_samples = samples
     config.eval.batch_size = 128
@@ -49,7 +48,7 @@ def run(
 ) -> str:
     """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md)."""
     start = time.time()
-    teacher_dir = os.path.join(workdir, "teacher")
+    teacher_dir = str(epath.Path(workdir) / "teacher")
     teacher = _common(digits_diffusion.get_config(f"model={model}"), workdir, samples)
     teacher.training.update(num_steps=teacher_steps, checkpoint_every=teacher_steps, log_every=50)
     teacher.ema_decays = (_ema_decay(teacher_steps),)
@@ -60,7 +59,7 @@ def run(
     logging.info("teacher done after %.0f s", time.time() - start)
 
     for method, steps in students:
-        student_dir = os.path.join(workdir, f"{method}_s{steps}")
+        student_dir = str(epath.Path(workdir) / f"{method}_s{steps}")
         student = _common(
             digits_mcm.get_config(f"steps={steps},method={method},model={model}"), workdir, samples
         )

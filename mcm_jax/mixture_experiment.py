@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.stats
+from etils import epath
 
 from mcm_jax import losses, samplers
 from mcm_jax.mixture import GaussianMixture
@@ -318,8 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(results))
     print(f"Total wall time: {time.perf_counter() - start:.1f}s")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"config": dataclasses.asdict(config), **results}, f, indent=2)
+        output = {"config": dataclasses.asdict(config), **results}
+        epath.Path(args.output).write_text(json.dumps(output, indent=2))
 
 
 if __name__ == "__main__":

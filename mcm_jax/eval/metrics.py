@@ -9,7 +9,6 @@ fraction of class-conditional samples classified as their label.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 
 import jax
@@ -18,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mcm_jax import digits_classifier, fid, sharding
+from mcm_jax import digits_classifier, fid, files, sharding
 from mcm_jax.datasets import digits_split
 from mcm_jax.fid import weights as fid_weights
 
@@ -55,7 +54,7 @@ def feature_space(config: ml_collections.ConfigDict, mesh: Mesh) -> FeatureSpace
 def inception_space(eval_config: ml_collections.ConfigDict, mesh: Mesh) -> FeatureSpace:
     """FID: the pytorch-fid Inception on the mesh, against eval.reference_stats."""
     weights_path, reference_path = eval_config.inception_weights, eval_config.reference_stats
-    if not weights_path or not os.path.isfile(weights_path):
+    if not weights_path or not files.is_file(weights_path):
         raise FileNotFoundError(
             f"config.eval.inception_weights: FID needs the converted Inception weights, "
             f"{'not set' if not weights_path else f'no file at {weights_path}'}. Make them once "

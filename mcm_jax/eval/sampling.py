@@ -10,7 +10,6 @@ process computes (the workdir is shared, as for checkpoints).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import time
@@ -25,7 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mcm_jax import images, losses, samplers, sharding
+from mcm_jax import files, images, losses, samplers, sharding
 from mcm_jax.eval import report
 from mcm_jax.schedules import Schedule
 
@@ -127,11 +126,7 @@ def completed_chunks(directory: epath.Path, total_chunks: int) -> list[int]:
 
 
 def _write_chunk(path: epath.Path, samples: np.ndarray, labels: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, images=samples, labels=labels)
-    partial = path.parent / (path.name + ".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)  # atomic on a local disk: a kill leaves no half chunk behind
+    files.save_npz(path, images=samples, labels=labels)  # atomic: a kill leaves no half chunk
 
 
 def generate_samples(
@@ -193,7 +188,7 @@ def iterate_chunks(
     """(images uint8 (B, H, W, C), labels (B,), mask (B,)) per chunk, in sample order; the last
     chunk is padded with zero images to the fixed batch B and `mask` marks the real samples."""
     for k in range(num_chunks(num_samples, batch_size)):
-        with (directory / CHUNK_PATTERN.format(k)).open("rb") as f, np.load(f) as chunk:
+        with files.open_npz(directory / CHUNK_PATTERN.format(k)) as chunk:
             samples, labels = chunk["images"], chunk["labels"]
         expected = min(batch_size, num_samples - k * batch_size)
         if len(samples) != expected:

@@ -2,14 +2,16 @@
 
 A reference file is an npz with `mu` (D,) and `sigma` (D, D): the layout of the ADM evaluation
 suite's reference batches (e.g. VIRTUAL_imagenet64_labeled.npz, which also holds the images as
-`arr_0`) and of what `python -m mcm_jax.fid.reference` writes.
+`arr_0`) and of what `python -m mcm_jax.fid.reference` writes. Both are read and written
+through etils.epath (local or gs://).
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from etils import epath
+
+from mcm_jax import files
 
 REFERENCE_KEYS = ("mu", "sigma")
 
@@ -64,11 +66,14 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accumulator.finalize()
 
 
-def load_reference_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) float64 from an npz with `mu` and `sigma` (ADM's reference batches, or ours)."""
-    if not os.path.isfile(path):
+def load_reference_statistics(path: epath.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) float64 from an npz with `mu` and `sigma` (ADM's reference batches, or ours).
+
+    Only those two members are read, not a reference batch's images.
+    """
+    if not files.is_file(path):
         raise FileNotFoundError(f"reference statistics: no file at {path}")
-    with np.load(path, allow_pickle=False) as archive:
+    with files.open_npz(path) as archive:
         missing = [key for key in REFERENCE_KEYS if key not in archive.files]
         if missing:
             raise KeyError(
@@ -84,6 +89,6 @@ def load_reference_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.n
     return mu, sigma
 
 
-def save_reference_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write `mu` and `sigma` (float64) as a pickle-free npz, the layout ADM's files use."""
-    np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+def save_reference_statistics(path: epath.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write `mu` and `sigma` (float64) atomically as a pickle-free npz, the layout of ADM's."""
+    files.save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))

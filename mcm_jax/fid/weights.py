@@ -3,20 +3,22 @@
 The .npz holds one float32 array per parameter, named by its path ("Mixed_5b/branch1x1/conv/
 kernel"). The converter writes it byte-reproducibly (fixed zip timestamps, sorted names) and puts
 its SHA-256 in a sidecar `<file>.sha256` (sha256sum format); the loader refuses a file whose
-digest differs from the sidecar's or the one given, and anything that would need pickle.
+digest differs from the sidecar's or the one given, and anything that would need pickle. Both
+files are read and written through etils.epath (local or gs://).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import pathlib
+import io
 import re
 import zipfile
 
 import jax
 import numpy as np
+from etils import epath
 
+from mcm_jax import files
 from mcm_jax.fid import inception
 
 PYTORCH_FID_WEIGHTS_URL = (
@@ -28,12 +30,13 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
-def sidecar_path(npz_path: str | os.PathLike) -> pathlib.Path:
+def sidecar_path(npz_path: epath.PathLike) -> epath.Path:
     """Where the converter writes the SHA-256 of `npz_path`."""
-    return pathlib.Path(f"{npz_path}.sha256")
+    npz_path = epath.Path(npz_path)
+    return npz_path.parent / f"{npz_path.name}.sha256"
 
 
-def make_weights_commands(npz_path: str | os.PathLike) -> str:
+def make_weights_commands(npz_path: epath.PathLike) -> str:
     """The shell commands that produce the converted weights at `npz_path`."""
     return (
         f"  {DOWNLOAD_COMMAND}\n"
@@ -43,9 +46,10 @@ def make_weights_commands(npz_path: str | os.PathLike) -> str:
     )
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: epath.PathLike) -> str:
+    """The SHA-256 (hex) of the file at `path`, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -69,32 +73,33 @@ def check_param_shapes(params: dict) -> None:
         )
 
 
-def save_params(params: dict, path: str | os.PathLike) -> str:
+def save_params(params: dict, path: epath.PathLike) -> str:
     """Write params as a byte-reproducible .npz and its `.sha256` sidecar; returns the SHA-256."""
     check_param_shapes(params)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+    path = epath.Path(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, value in sorted(flatten_params(params).items()):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             with archive.open(info, "w", force_zip64=True) as member:
                 array = np.ascontiguousarray(value, dtype=np.float32)
                 np.lib.format.write_array(member, array, allow_pickle=False)
-    partial.replace(path)
-    sha256 = file_sha256(path)
-    sidecar_path(path).write_text(f"{sha256}  {path.name}\n")
+    data = buffer.getvalue()
+    files.write_bytes_atomic(path, data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    files.write_bytes_atomic(sidecar_path(path), f"{sha256}  {path.name}\n".encode())
     return sha256
 
 
-def load_inception_params(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
+def load_inception_params(path: epath.PathLike, expected_sha256: str | None = None) -> dict:
     """The InceptionV3 params (numpy float32 pytree) from a converted .npz.
 
     The file's SHA-256 must equal `expected_sha256`, by default the one in `<path>.sha256`.
-    Only plain float32 arrays are read (allow_pickle=False).
+    The file is read once, so the bytes checked are the bytes loaded. Only plain float32 arrays
+    are read (allow_pickle=False).
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
+    path = epath.Path(path)
+    if not files.is_file(path):
         raise FileNotFoundError(
             f"FID Inception weights not found at {path}. Make them once with:\n"
             + make_weights_commands(path)
@@ -104,18 +109,19 @@ def load_inception_params(path: str | os.PathLike, expected_sha256: str | None =
     expected_sha256 = expected_sha256.strip().lower()
     if not _SHA256_PATTERN.fullmatch(expected_sha256):
         raise ValueError(f"expected_sha256: expected 64 hex digits, got {expected_sha256!r}")
-    actual_sha256 = file_sha256(path)
+    data = path.read_bytes()
+    actual_sha256 = hashlib.sha256(data).hexdigest()
     if actual_sha256 != expected_sha256:
         raise ValueError(
             f"SHA-256 mismatch for {path}: file has {actual_sha256}, expected {expected_sha256}. "
             "Re-create it with:\n" + make_weights_commands(path)
         )
-    return _read_npz(path)
+    return _read_npz(path, data)
 
 
-def _read_sidecar(path: pathlib.Path) -> str:
+def _read_sidecar(path: epath.Path) -> str:
     sidecar = sidecar_path(path)
-    if not sidecar.is_file():
+    if not files.is_file(sidecar):
         raise FileNotFoundError(
             f"no SHA-256 for {path}: expected {sidecar} (the converter writes it) "
             "or pass expected_sha256"
@@ -126,14 +132,15 @@ def _read_sidecar(path: pathlib.Path) -> str:
     return fields[0]
 
 
-def _read_npz(path: pathlib.Path) -> dict:
-    if not zipfile.is_zipfile(path):
+def _read_npz(path: epath.Path, data: bytes) -> dict:
+    """The params in `data`, the bytes of the .npz at `path` (named in messages)."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ValueError(
             f"{path} is not an .npz archive; make it with:\n" + make_weights_commands(path)
         )
     flat = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             for name in archive.files:
                 flat[name] = archive[name]
     except ValueError as error:  # numpy refuses object arrays and pickles without allow_pickle

@@ -1,0 +1,49 @@
+"""Files read and written through etils.epath, so local paths and gs:// behave alike on every
+worker of a pod.
+
+Writes go to a temporary name beside the target and are renamed into place, so a reader never
+trusts a half-written file. An .npz is built in memory before it is written: np.savez seeks
+back into its output, which TensorFlow's gs:// files (epath's backend when TensorFlow is
+installed) refuse ("File isn't open for reading"). Reads stream from the file, so loading
+`mu` and `sigma` from a reference batch does not fetch its images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+from etils import epath
+
+
+def is_file(path: epath.PathLike) -> bool:
+    """Whether `path` is an existing file; unlike pathlib's is_file, also true for gs:// objects."""
+    path = epath.Path(path)
+    return path.exists() and not path.is_dir()
+
+
+def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` (creating its directory) under a temporary name, then renames it."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f"{path.name}.partial-{uuid.uuid4().hex[:12]}"
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def save_npz(path: epath.PathLike, **arrays: npt.ArrayLike) -> None:
+    """np.savez of `arrays` to `path`, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def open_npz(path: epath.PathLike) -> Iterator[np.lib.npyio.NpzFile]:
+    """The .npz at `path`, its members read on access; refuses pickled members."""
+    with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as archive:
+        yield archive
