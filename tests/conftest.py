@@ -98,8 +98,8 @@ def gcs_emulator(tmp_path_factory):
     port = _free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     command = [
-        str(server_package._get_binary_path()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-        "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}",
+        str(server_package._get_binary_path()), "-backend", "memory", "-scheme", "http",
+        "-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}",
         "-log-level", "error",
     ]
     log = tmp_path_factory.mktemp("gcs_emulator") / "log.txt"
