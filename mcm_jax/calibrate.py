@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mcm_jax import checkpointing, diffusion, samplers, sharding, train
+from mcm_jax import checkpointing, diffusion, paths, samplers, sharding, train
 from mcm_jax.eval import config as eval_config
 
 TABLE_KEYS = ("times", "x_vars")
@@ -142,7 +142,9 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
-    print(calibrate(args.config, args.workdir, args.output))
+    paths.resolve_config_paths(args.config)
+    output = paths.resolve(args.output) if args.output else None
+    print(calibrate(args.config, paths.resolve_workdir(args.workdir), output))
 
 
 if __name__ == "__main__":

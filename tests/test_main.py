@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import checkpointing
+from mcm_jax import checkpointing, paths
 from test_train import ROOT, _event_losses, _main_command
 
 STUDENT = "configs/digits_mcm.py:steps=2,model=tiny"
@@ -144,3 +144,18 @@ def test_traceback_only_on_request(tmp_path, args, env):
             "error: config.training.batch_size: 12 is not divisible by the 8 devices"
         ]
         assert "Traceback" not in stderr
+
+
+def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = digits_mcm.get_config("model=tiny")
+    config.teacher.workdir = "runs/teacher"
+    config.data.data_dir = "gs://bucket/tfds"
+    config.eval.x_var_table = "~/table.npz"
+    paths.resolve_config_paths(config)
+    assert config.teacher.workdir == str(tmp_path / "runs" / "teacher")
+    assert config.data.data_dir == "gs://bucket/tfds"
+    assert config.eval.x_var_table == os.path.expanduser("~/table.npz")
+    assert config.eval.reference_stats == ""  # unset stays unset
+    assert paths.resolve("gs://bucket/run") == "gs://bucket/run"
+    assert paths.resolve_workdir("run") == str(tmp_path / "run")
