@@ -42,7 +42,7 @@ def load_x_var_table(path: str) -> samplers.XVarFn:
     with np.load(path, allow_pickle=False) as table:
         missing = [key for key in TABLE_KEYS if key not in table.files]
         if missing:
-            raise KeyError(
+            raise ValueError(
                 f"config.eval.x_var_table: {path} lacks {missing}; a calibration table has "
                 f"{TABLE_KEYS} (python -m mcm_jax.calibrate writes one)"
             )

@@ -71,7 +71,7 @@ def load_reference_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.n
     with np.load(path, allow_pickle=False) as archive:
         missing = [key for key in REFERENCE_KEYS if key not in archive.files]
         if missing:
-            raise KeyError(
+            raise ValueError(
                 f"reference statistics {path}: missing key(s) {missing}; an FID reference npz "
                 f"needs 'mu' (D,) and 'sigma' (D, D), found {sorted(archive.files)}"
             )
