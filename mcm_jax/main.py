@@ -48,7 +48,7 @@ def _verbose(argv: list[str] | None = None) -> bool:
         return True
     if FLAGS.is_parsed():
         return FLAGS.verbose
-    return any(arg in ("--verbose", "--verbose=true", "--verbose=1") for arg in argv or ())
+    return any(re.fullmatch(r"--?verbose(=(true|t|1))?", arg.lower()) for arg in argv or ())
 
 
 def _fail(message: str, status: int) -> NoReturn:
