@@ -27,10 +27,10 @@ from mcm_jax import config_lib, paths
 VERBOSE_ENV = "MCM_JAX_VERBOSE"
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples (local or gs://).")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or run the eval job.")
 flags.DEFINE_bool(
-    "verbose", False, f"Show the traceback of a user error, not only its message (or {VERBOSE_ENV}=1)."
+    "verbose", False, f"Show the traceback of a user error, not only its message ({VERBOSE_ENV}=1 too)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -11,6 +11,7 @@ from configs import digits_diffusion, digits_mcm
 from mcm_jax import checkpointing, paths
 from test_train import ROOT, _event_losses, _main_command
 
+TEACHER = "configs/digits_diffusion.py:model=tiny"
 STUDENT = "configs/digits_mcm.py:steps=2,model=tiny"
 
 
@@ -57,16 +58,18 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
     ]
     status, stderr = _run(command)
     assert status == 0, stderr[-3000:]
-    assert (teacher_dir / "eval" / "relative" / "step_00000004" / "ddim_2steps" / "metrics.json").exists()
+    setting_dir = teacher_dir / "eval" / "relative" / "step_00000004" / "ddim_2steps"
+    assert (setting_dir / "metrics.json").exists()
 
 
 @pytest.mark.parametrize(
     "config, args, message",
     [
-        (None, ["--config.diffusion.distance=pseudo_huber", "--config.diffusion.huber_c=0"],
+        (TEACHER, ["--config.diffusion.distance=pseudo_huber", "--config.diffusion.huber_c=0"],
          r"config.diffusion: huber_c must be > 0"),
-        (None, ["--config.model_name=bogus"], r"config.model_name: 'bogus' is not one of \("),
-        (None, ["--workdir={tmp}/a_file"], r"--workdir: \S+/a_file is a file, not a directory"),
+        (TEACHER, ["--config.model_name=bogus"], r"config.model_name: 'bogus' is not one of \("),
+        (TEACHER, ["--workdir="], r"--workdir: empty"),
+        (TEACHER, ["--workdir={tmp}/a_file"], r"--workdir: \S+/a_file is a file, not a directory"),
         (STUDENT, ["--config.teacher.workdir={tmp}/a_file"],
          r"config.teacher.workdir: '\S+/a_file' is a file"),
         (STUDENT, ["--config.teacher.workdir={tmp}/student_run"],
@@ -74,8 +77,8 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
         (STUDENT, ["--config.teacher.workdir={tmp}/untrained_teacher"],
          r"config.teacher.workdir: no checkpoints in \S+/untrained_teacher"),
     ],
-    ids=["huber_c", "model_name", "workdir_is_a_file", "teacher_is_a_file", "teacher_is_a_student",
-         "teacher_without_checkpoints"],
+    ids=["huber_c", "model_name", "empty_workdir", "workdir_is_a_file", "teacher_is_a_file",
+         "teacher_is_a_student", "teacher_without_checkpoints"],
 )
 def test_bad_input_is_refused_before_the_workdir_is_written(
     tmp_path, digits_data_dir, config, args, message
@@ -85,7 +88,7 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
     teacher = digits_diffusion.get_config("model=tiny")
     checkpointing.write_config(str(tmp_path / "untrained_teacher"), teacher)
     workdir = tmp_path / "run"
-    command = _main_command(workdir, digits_data_dir, 2, 2, **({"config": config} if config else {}))
+    command = _main_command(workdir, digits_data_dir, 2, 2, config=config)
     status, stderr = _run(command + [arg.format(tmp=tmp_path) for arg in args])
 
     assert status == 1, stderr[-3000:]
@@ -99,21 +102,21 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
 @pytest.mark.parametrize(
     "args, config, message",
     [
-        (["--config.training.bogus_key=3"], None,
+        (["--config.training.bogus_key=3"], TEACHER,
          r"--config.training.bogus_key: unknown field 'bogus_key' in config.training; "
          r"closest: (\w+), (\w+), (\w+)$"),
-        (["--config.traning.num_steps=3"], None,
+        (["--config.traning.num_steps=3"], TEACHER,
          r"--config.traning.num_steps: unknown field 'traning' in config; closest: training, "),
-        (["--config.ema_decays[0]=0.5"], None,
+        (["--config.ema_decays[0]=0.5"], TEACHER,
          r"--config.ema_decays\[0\]: config.ema_decays is a tuple and cannot be set item by item"),
         ([], "configs/digits_diffusion.py:model=huge",
-         r"flag --config=configs/digits_diffusion.py:model=huge: model config name: unknown 'huge'"),
+         r"flag --config=\S+:model=huge: model config name: unknown 'huge'"),
     ],
     ids=["unknown_key", "unknown_group", "tuple_item", "config_argument"],
 )
 def test_command_line_mistakes_name_the_flag(tmp_path, args, config, message):
     workdir = tmp_path / "run"
-    command = _main_command(workdir, tmp_path, 2, 2, **({"config": config} if config else {}))
+    command = _main_command(workdir, tmp_path, 2, 2, config=config)
     status, stderr = _run(command + args)
 
     assert status == 2, stderr[-3000:]
@@ -148,6 +151,7 @@ def test_traceback_only_on_request(tmp_path, args, env):
 
 def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    tmp_path = tmp_path.resolve()  # the directory as the process sees it
     config = digits_mcm.get_config("model=tiny")
     config.teacher.workdir = "runs/teacher"
     config.data.data_dir = "gs://bucket/tfds"
