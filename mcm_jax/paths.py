@@ -36,12 +36,12 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
             config[group][name] = resolve(config[group][name])
 
 
-def resolve_workdir(workdir: str | None, flag: str = "--workdir") -> str:
-    """The absolute workdir; refuses an empty one and one that is a file, naming `flag`."""
+def resolve_workdir(workdir: str | None) -> str:
+    """The absolute --workdir; refuses an empty one and one that is a file."""
     if not workdir:
-        raise ValueError(f"{flag}: empty; give the run's directory (local or gs://)")
+        raise ValueError("--workdir: empty; give the run's directory (local or gs://)")
     resolved = resolve(workdir)
     path = epath.Path(resolved)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{flag}: {resolved} is a file, not a directory")
+        raise NotADirectoryError(f"--workdir: {resolved} is a file, not a directory")
     return resolved
