@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mcm_jax import checkpointing, diffusion, files, samplers, sharding, train
+from mcm_jax import checkpointing, diffusion, files, paths, samplers, sharding, train
 from mcm_jax.eval import config as eval_config
 
 TABLE_KEYS = ("times", "x_vars")
@@ -43,7 +43,7 @@ def load_x_var_table(path: epath.PathLike) -> samplers.XVarFn:
     with files.open_npz(path) as table:
         missing = [key for key in TABLE_KEYS if key not in table.files]
         if missing:
-            raise KeyError(
+            raise ValueError(
                 f"config.eval.x_var_table: {path} lacks {missing}; a calibration table has "
                 f"{TABLE_KEYS} (python -m mcm_jax.calibrate writes one)"
             )
@@ -153,7 +153,9 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
-    print(calibrate(args.config, args.workdir, args.output))
+    paths.resolve_config_paths(args.config)
+    output = paths.resolve(args.output) if args.output else None
+    print(calibrate(args.config, paths.resolve_workdir(args.workdir), output))
 
 
 if __name__ == "__main__":

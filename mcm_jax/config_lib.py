@@ -7,6 +7,8 @@ a ValueError that names the field and says what is allowed.
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from mcm_jax import losses
@@ -108,6 +110,23 @@ def parse_arg(arg: str, **defaults) -> dict:
     return values
 
 
+def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+    """Why a command-line override of the dotted path `dotted` (e.g. "training.bogus_key") cannot
+    apply to `config`, naming the closest valid keys for an unknown one; None if it can."""
+    node, where = config, "config"
+    for part in dotted.split("."):
+        key, index = part.split("[", 1) if "[" in part else (part, None)
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"{where} holds a value ({node!r}), not fields such as {key!r}"
+        if key not in node:
+            closest = difflib.get_close_matches(key, list(node.keys()), n=3, cutoff=0.0)
+            return f"unknown field {key!r} in {where}; closest: {', '.join(closest)}"
+        node, where = node[key], f"{where}.{key}"
+        if index is not None and isinstance(node, tuple):
+            return f"{where} is a tuple and cannot be set item by item; set it whole: '(a, b)'"
+    return None
+
+
 def with_model(config: ml_collections.ConfigDict, name: str, **overrides) -> ml_collections.ConfigDict:
     """Sets `model_name` and `model` to the named UViT configuration plus overrides."""
     from mcm_jax.models import model_config
@@ -191,11 +210,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     """Checks every field the trainer uses; raises ValueError naming the first bad one."""
     import jax
 
-    from mcm_jax.models import build, validate as validate_model
+    from mcm_jax.models import NAMES, build, validate as validate_model
 
     _require(
         config.objective in OBJECTIVES,
         f"config.objective: {config.objective!r} is not one of {OBJECTIVES}",
+    )
+    _require(
+        config.model_name in NAMES,
+        f"config.model_name: {config.model_name!r} is not one of {NAMES}; choose the network "
+        "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
     build(config.model)
     validate_model(config.model, config.data.resolution)

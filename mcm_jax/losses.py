@@ -173,6 +173,8 @@ class DiffusionLossConfig:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if not self.huber_c > 0:
+            raise ValueError(f"huber_c must be > 0, got {self.huber_c}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not (isinstance(self.multiscale_pools, int) and self.multiscale_pools >= 0):

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import evaluate, results_table, train
+from mcm_jax import evaluate, paths, results_table, train
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
 TEACHER_SWEEP = (1, 2, 4, 8, 16)
@@ -84,7 +84,7 @@ def main(argv):
     quick = FLAGS.quick
     start = time.time()
     table = run(
-        FLAGS.workdir,
+        paths.resolve_workdir(FLAGS.workdir),
         model="tiny" if quick else FLAGS.model,
         teacher_steps=20 if quick else FLAGS.teacher_steps,
         student_steps=4 if quick else FLAGS.student_steps,

@@ -85,8 +85,6 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     (nothing is written then).
     """
     path = epath.Path(workdir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--workdir={workdir} is a file, not a directory")
     config_file = path / checkpointing.CONFIG_FILE
     allowed, latest = {}, _latest_saved_step(path)
     if config_file.exists() and latest is not None:

@@ -252,7 +252,12 @@ def load_teacher(config: ml_collections.ConfigDict, trainer: Trainer) -> Params:
     t = config.teacher
     teacher_config = checkpointing.read_config(t.workdir)
     ckpt = checkpointing.Checkpointer(t.workdir, read_only=True)
-    step = checkpointing.resolve_step(ckpt, t.step, t.workdir)
+    try:
+        step = checkpointing.resolve_step(ckpt, t.step, t.workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.teacher.workdir: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"config.teacher.step: {e}") from None
     num_ema = len(teacher_config.ema_decays)
     if t.ema_index >= num_ema:
         raise ValueError(
@@ -267,8 +272,18 @@ ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "mid
 
 
 def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Reads the teacher's config and fails, naming the field, if its network differs."""
-    teacher_config = checkpointing.read_config(config.teacher.workdir)
+    """Reads the teacher's config and fails, naming the field, if it is not a diffusion run or
+    its network differs."""
+    workdir = config.teacher.workdir
+    try:
+        teacher_config = checkpointing.read_config(workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.teacher.workdir: {e}") from None
+    if teacher_config.get("objective") != "diffusion":
+        raise ValueError(
+            f"config.teacher.workdir: {workdir} holds a run with objective "
+            f"{teacher_config.get('objective')!r}; a teacher is a run with objective 'diffusion'"
+        )
     for key, value in config.model.items():
         if key in ARCHITECTURE_EXEMPT:
             continue
@@ -288,9 +303,14 @@ def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def _check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
-    workdir = config.teacher.workdir
-    if not epath.Path(workdir).is_dir():
-        raise ValueError(f"config.teacher.workdir: {workdir!r} does not exist")
+    """config.teacher.workdir must be an existing directory."""
+    workdir = epath.Path(config.teacher.workdir)
+    if not workdir.exists():
+        raise ValueError(f"config.teacher.workdir: {str(workdir)!r} does not exist")
+    if not workdir.is_dir():
+        raise ValueError(
+            f"config.teacher.workdir: {str(workdir)!r} is a file; give a diffusion run's workdir"
+        )
 
 
 def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
@@ -309,13 +329,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         teacher_config = check_teacher_matches(config)
     trainer = Trainer(config, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
+    # The teacher's checkpoint is loaded before anything is written, so a bad one leaves no trace.
+    teacher_params = load_teacher(config, trainer) if config.objective == "mcm" else None
     resume_config.claim_workdir(workdir, config)
     t = config.training
     ckpt = checkpointing.Checkpointer(
         workdir, keep=t.keep_checkpoints, keep_period=t.keep_period,
         async_checkpointing=t.async_checkpointing,
     )
-    teacher_params = load_teacher(config, trainer) if config.objective == "mcm" else None
 
     # Watch for preemption from here on: restoring a large state takes a while.
     watcher = preemption.PreemptionWatcher(ckpt.manager, ckpt.latest_step() or 0)

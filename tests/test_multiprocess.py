@@ -25,20 +25,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir, data_dir, num_steps, checkpoint_every=3):
+def _command(workdir, data_dir, num_steps, checkpoint_every, *flags):
     return [
         sys.executable, "-m", "mcm_jax.main", "--config=configs/digits_diffusion.py:model=tiny",
         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
         "--config.data.shuffle_buffer=500", "--config.training.batch_size=16",
         "--config.training.log_every=3", "--config.training.sample_every=0",
         f"--config.training.num_steps={num_steps}",
-        f"--config.training.checkpoint_every={checkpoint_every}",
+        f"--config.training.checkpoint_every={checkpoint_every}", *flags,
     ]
 
 
-def _start(workdir, data_dir, num_steps, checkpoint_every=3, processes=2, devices=1, tag="run"):
-    """Starts the processes of one launch, each with `devices` CPU devices; their logs go to
-    <workdir>.<tag>.<process>.log."""
+def _start(
+    workdir, data_dir, num_steps, *flags, checkpoint_every=3, processes=2, devices=1, tag="run"
+):
+    """Starts the processes of one launch (extra command-line `flags`), each with `devices` CPU
+    devices; their logs go to <workdir>.<tag>.<process>.log."""
     port = _free_port()
     launched = []
     for process_id in range(processes):
@@ -56,17 +58,17 @@ def _start(workdir, data_dir, num_steps, checkpoint_every=3, processes=2, device
         log = f"{workdir}.{tag}.{process_id}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                _command(workdir, data_dir, num_steps, checkpoint_every),
+                _command(workdir, data_dir, num_steps, checkpoint_every, *flags),
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         launched.append((process, log))
     return launched
 
 
-def _finish(launched, timeout=300):
+def _finish(launched, timeout=300, returncode=0):
     for process, log in launched:
         process.wait(timeout=timeout)
-        assert process.returncode == 0, open(log).read()[-4000:]
+        assert process.returncode == returncode, open(log).read()[-4000:]
     return [open(log).read() for _, log in launched]
 
 
@@ -145,3 +147,13 @@ def test_two_processes_resume_on_one(tmp_path, digits_data_dir):
     assert step == 9 and meta["data_state"]["process_count"] == 1
     assert meta["data_state"]["examples_seen"] == 9 * 16
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_each_process_reports_a_user_error_as_one_line(tmp_path, digits_data_dir):
+    launched = _start(tmp_path / "run", digits_data_dir, 6, "--config.training.batch_size=3", devices=2)
+    for index, log in enumerate(_finish(launched, returncode=1)):
+        errors = [line for line in log.splitlines() if line.startswith("error:")]
+        assert errors == [
+            f"error: process {index} of 2: config.training.batch_size: 3 is not divisible by the "
+            "4 devices"
+        ], log[-4000:]

@@ -39,10 +39,10 @@ def _overrides(config, keys):
     return flags
 
 
-def _main_command(workdir, data_dir, num_steps, checkpoint_every):
+def _main_command(workdir, data_dir, num_steps, checkpoint_every,
+                  config="configs/digits_diffusion.py:model=tiny"):
     return [
-        sys.executable, "-m", "mcm_jax.main",
-        "--config=configs/digits_diffusion.py:model=tiny", f"--workdir={workdir}",
+        sys.executable, "-m", "mcm_jax.main", f"--config={config}", f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}", "--config.data.shuffle_buffer=500",
         "--config.training.batch_size=32", "--config.training.log_every=10",
         "--config.training.sample_every=0", f"--config.training.num_steps={num_steps}",
@@ -129,10 +129,15 @@ def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
 
 def _logged_losses(run, config, workdir):
     """Runs training and returns the 'loss' scalars it wrote, in step order."""
+    run(config, str(workdir))
+    return [loss for _, loss in _event_losses(workdir)]
+
+
+def _event_losses(workdir):
+    """(step, loss) of every 'loss' scalar in the workdir's event files, in step order."""
     import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
-    run(config, str(workdir))
     found = []
     for path in sorted(map(str, workdir.glob("events.out.tfevents.*"))):
         for record in tf.data.TFRecordDataset(path):
@@ -142,7 +147,7 @@ def _logged_losses(run, config, workdir):
                 for v in event.summary.value
                 if v.tag == "loss"
             ]
-    return [loss for _, loss in sorted(found)]
+    return sorted(found)
 
 
 def _bad(config, **changes):

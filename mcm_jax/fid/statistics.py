@@ -76,7 +76,7 @@ def load_reference_statistics(path: epath.PathLike) -> tuple[np.ndarray, np.ndar
     with files.open_npz(path) as archive:
         missing = [key for key in REFERENCE_KEYS if key not in archive.files]
         if missing:
-            raise KeyError(
+            raise ValueError(
                 f"reference statistics {path}: missing key(s) {missing}; an FID reference npz "
                 f"needs 'mu' (D,) and 'sigma' (D, D), found {sorted(archive.files)}"
             )

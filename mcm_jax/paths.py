@@ -1,0 +1,47 @@
+"""User paths, resolved once at the entry point.
+
+orbax needs absolute paths (a relative workdir crashes at the first checkpoint), so local paths are
+made absolute against the directory the job was started in, with ~ expanded; URIs such as gs://
+are absolute already and stay as given.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from etils import epath
+
+# Config fields that hold paths a user gives (empty or None: unset).
+CONFIG_PATH_FIELDS = (
+    "teacher.workdir",
+    "data.data_dir",
+    "eval.x_var_table",
+    "eval.inception_weights",
+    "eval.reference_stats",
+)
+
+
+def resolve(path: str) -> str:
+    """`path` absolute: local paths against the current directory (~ expanded), URIs as given."""
+    p = epath.Path(path)
+    return path if p.is_absolute() else os.fspath(p.expanduser().resolve())
+
+
+def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
+    """Makes every set path field of CONFIG_PATH_FIELDS absolute, in place."""
+    for field in CONFIG_PATH_FIELDS:
+        group, name = field.split(".")
+        if group in config and config[group].get(name):
+            config[group][name] = resolve(config[group][name])
+
+
+def resolve_workdir(workdir: str | None) -> str:
+    """The absolute --workdir; refuses an empty one and one that is a file."""
+    if not workdir:
+        raise ValueError("--workdir: empty; give the run's directory (local or gs://)")
+    resolved = resolve(workdir)
+    path = epath.Path(resolved)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--workdir: {resolved} is a file, not a directory")
+    return resolved
