@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from etils import epath
 
-from mcm_jax import checkpointing, config_lib, images, losses, samplers, sharding
+from mcm_jax import (
+    checkpointing, config_lib, hardware, images, losses, profiling, samplers, sharding,
+)
 from mcm_jax.models import build, flops_per_example
 
 Params = Any
@@ -368,6 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
     flops_per_step = train_flops_per_example(config) * t.batch_size
+    peak_tflops = hardware.peak_tflops(config.peak_tflops_per_device, jax.devices()[0].device_kind)
+    profiler = profiling.StepProfiler(workdir, t.profile_steps, step + profiling.WARMUP_STEPS)
     buffer: list[dict] = []
     last_time, last_step = time.time(), step
 
@@ -385,6 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             batch = sharding.host_local_to_global(next(data), trainer.mesh)
             state, metrics = trainer.train_step(state, batch, teacher_params)
             step += 1
+            profiler.after_step(step, metrics)
             if not buffer and step == last_step + 1:
                 # Time from the end of the first step on, so compilation is not counted as speed.
                 jax.block_until_ready(metrics)
@@ -403,8 +408,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     steps_per_sec=steps_per_sec,
                     examples_per_sec=steps_per_sec * t.batch_size,
                     tflops_per_device=tflops,
-                    mfu=tflops / config.peak_tflops_per_device,
                 )
+                if peak_tflops:  # None for a device mcm_jax.hardware does not know
+                    scalars["mfu"] = tflops / peak_tflops
                 writer.write_scalars(step, scalars)
             if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
                 check_finite(state)
@@ -414,6 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 images.write_grid(workdir, f"samples_{step:08d}", grid, writer, step)
             if preemption.requested:
                 break
+    profiler.stop()
     ckpt.wait()
     ckpt.close()
     writer.flush()
