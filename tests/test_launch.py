@@ -6,8 +6,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -221,12 +223,16 @@ def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
     ).stdout
     script, submit = out.rsplit("\n# submit with: ", 1)
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --account=acct", "#SBATCH --qos=high",
-                 "#SBATCH --signal=TERM@300", f"#SBATCH --output={logs}/%x-%j.out"):
+                 "#SBATCH --cpus-per-task=12", "#SBATCH --partition=gpu", "#SBATCH --account=acct",
+                 "#SBATCH --qos=high", "#SBATCH --signal=TERM@300",
+                 f"#SBATCH --output={logs}/%x-%j.out"):
         assert line in script.splitlines()
+    assert "--requeue" not in script
     srun = shlex.split(script.splitlines()[-1])
     assert srun == [
-        "srun", "--kill-on-bad-exit=1", "/opt/venv/bin/python", "-m", "mcm_jax.main",
+        # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05); one log per task
+        "srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", f"--output={logs}/%x-%j-task%t.out",
+        "--open-mode=append", "/opt/venv/bin/python", "-m", "mcm_jax.main",
         "--config=configs/imagenet128_mcm.py:steps=4,method=cd", "--workdir=/shared/run", "--mode=eval",
         "--config.data.data_dir=/shared/tfds", "--config.teacher.workdir=/shared/teacher",
     ]
@@ -235,6 +241,46 @@ def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
     batch = tmp_path / "job.sbatch"
     batch.write_text(script + "\n")
     _run(_shellcheck(), str(batch))
+
+
+FAKE_SRUN = """#!/bin/bash
+echo "srun $*" >>"$LOG"
+trap 'echo "task: SIGTERM, checkpoint saved" >>"$LOG"; exit 0' TERM
+sleep 60 &
+wait
+"""
+
+
+def test_slurm_requeue_forwards_sigterm_then_requeues_the_job(tmp_path):
+    """The --requeue batch script, run with a fake srun and scontrol and sent SIGTERM as SLURM
+    does 5 minutes before the time limit: the tasks get it, then the job is requeued."""
+    logs = tmp_path / "logs"
+    out = _run(SLURM, "--dry-run", "--requeue", "--cpus-per-task=16", f"--log-dir={logs}",
+               "--config=c.py", "--workdir=/shared/run").stdout
+    script = out.rsplit("\n# submit with: ", 1)[0]
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:TERM@300", "#SBATCH --open-mode=append"):
+        assert line in script.splitlines()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >>"$LOG"\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    batch = tmp_path / "job.sbatch"
+    batch.write_text(script + "\n")
+    _run(_shellcheck(), str(batch))
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "SLURM_JOB_ID": "4242"}
+    process = subprocess.Popen(["bash", str(batch)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (log.exists() and "srun" in log.read_text()):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith(f"srun --kill-on-bad-exit=1 --cpus-per-task=16 --output={logs}/")
+    assert calls[1:] == ["task: SIGTERM, checkpoint saved", "scontrol requeue 4242"]
 
 
 def test_slurm_argument_errors():
