@@ -173,15 +173,19 @@ worker_install() {
   "$HOME/.local/bin/uv" pip install --python "$venv/bin/python" -e "$HOME/mcm_jax[tpu]"
 }
 
-# Ends whatever still holds the TPU (a previous run, a stuck process) and removes libtpu's lock
-# file, which otherwise makes the next process fail with "TPU in use".
+# Ends whatever still holds the TPU (a previous run, a stuck process): SIGTERM, which lets a run
+# checkpoint, then SIGKILL after 60 s. Removes libtpu's lock file, which otherwise makes the next
+# process fail with "TPU in use".
 worker_free_tpu() {
-  local pids
+  local pids waited=0
   mapfile -t pids < <(sudo lsof -t /dev/accel* /dev/vfio/* 2>/dev/null | sort -u)
   if ((${#pids[@]})); then
     echo "$(hostname): ending processes holding the TPU: ${pids[*]}"
     sudo kill -TERM "${pids[@]}" 2>/dev/null || true
-    sleep 10
+    while ((waited < 60)) && ps -p "$(IFS=,; echo "${pids[*]}")" >/dev/null; do
+      sleep 2
+      ((waited += 2))
+    done
     sudo kill -KILL "${pids[@]}" 2>/dev/null || true
   fi
   sudo rm -f /tmp/libtpu_lockfile
@@ -328,7 +332,7 @@ case "$COMMAND" in
   stop) stop ;;
   delete) delete ;;
   resume)
-    delete
+    delete || echo "tpu_vm.sh: nothing to delete, creating $NAME" >&2
     create
     setup
     run_config

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -230,14 +231,19 @@ def test_tpu_vm_logs_and_stop_address_the_workers():
 
 
 def _fake_bin(tmp_path, endpoints: str):
-    """curl answering the metadata queries, sudo that logs, a Python that prints what it got."""
+    """curl answering the metadata queries; sudo that logs, lets lsof report the pids in
+    ~/stale.pid as holding the TPU and runs kill; a Python that prints what it got."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "curl").write_text(
         "#!/bin/bash\n"
         f'case "${{@: -1}}" in */worker-network-endpoints) echo "{endpoints}";; *) echo 1;; esac\n'
     )
-    (bin_dir / "sudo").write_text(f'#!/bin/bash\necho "$*" >>"{tmp_path}/sudo.log"\n')
+    (bin_dir / "sudo").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >>"{tmp_path}/sudo.log"\n'
+        'case "$1" in lsof) cat "$HOME/stale.pid" 2>/dev/null;; kill) exec "$@";; esac\n'
+    )
     venv = tmp_path / "mcm_jax" / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").write_text(
@@ -283,6 +289,24 @@ def test_tpu_vm_run_starts_detached_frees_the_tpu_and_keeps_a_log_per_worker(
     assert lines[1:3] == [expected, f"-m mcm_jax.main --config=c.py --workdir={workdir} --mode=train"]
     assert log.read_text() == copied.read_text()
     assert (tmp_path / "sudo.log").read_text().splitlines()[-1] == "rm -f /tmp/libtpu_lockfile"
+
+
+def test_tpu_vm_run_ends_stale_processes_holding_the_tpu(tmp_path):
+    out = _run(TPU_VM, "--dry-run", "--config=c.py", f"--workdir={tmp_path / 'w'}", "run").stdout
+    (ssh,) = [shlex.split(line) for line in _split_commands(out)]
+    env = _fake_bin(tmp_path, "10.0.0.7")
+    stale = subprocess.Popen(["bash", "-c", "trap 'kill $!; exit 0' TERM; sleep 60 & wait"])
+    threading.Thread(target=stale.wait, daemon=True).start()  # reaped at once, as init would
+    (tmp_path / "stale.pid").write_text(f"{stale.pid}\n")
+    time.sleep(0.2)  # the trap is set
+    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"ending processes holding the TPU: {stale.pid}" in result.stdout
+    assert stale.wait(timeout=10) == 0  # ended by SIGTERM, before the run started
+    calls = (tmp_path / "sudo.log").read_text().splitlines()
+    assert calls[1:] == [f"kill -TERM {stale.pid}", f"kill -KILL {stale.pid}",
+                         "rm -f /tmp/libtpu_lockfile"]
 
 
 def test_tpu_vm_stop_sends_sigterm_to_the_run(tmp_path):
