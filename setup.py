@@ -4,8 +4,16 @@ from setuptools import find_packages, setup
 
 # Bounds admit the CPU stack pip resolves on Python 3.11 (jax 0.10.x) and the GPU image
 # (jax 0.11.2, flax 0.12.10, orbax-checkpoint 0.12.4 on Python 3.12).
+JAX_VERSIONS = ">=0.10,<0.13"
+
+# TensorFlow only feeds data. tensorflow-cpu (smaller, no CUDA libraries) has wheels for x86-64
+# only; on arm64 (Apple silicon) and aarch64 (GH200, GB200 nodes) the `tensorflow` wheel is the
+# CPU build.
+ARM = "platform_machine == 'arm64' or platform_machine == 'aarch64'"
+NOT_ARM = "platform_machine != 'arm64' and platform_machine != 'aarch64'"
+
 INSTALL_REQUIRES = [
-    "jax>=0.10,<0.13",
+    f"jax{JAX_VERSIONS}",
     "flax>=0.12,<0.13",
     "optax>=0.2.5",
     "orbax-checkpoint>=0.12,<0.13",
@@ -13,7 +21,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "scipy>=1.11",
     "scikit-learn>=1.3",
-    "tensorflow-cpu>=2.17",
+    f"tensorflow-cpu>=2.17; {NOT_ARM}",
+    f"tensorflow>=2.17; {ARM}",
     "tensorflow-datasets>=4.9.6",
     "importlib_resources",  # needed by tensorflow-datasets builders but not declared by it
     "tensorboard>=2.17",
@@ -40,5 +49,11 @@ setup(
     packages=find_packages(include=["mcm_jax", "mcm_jax.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        # The accelerator builds of jaxlib at the jax version resolved above (libtpu, CUDA plugins).
+        "tpu": [f"jax[tpu]{JAX_VERSIONS}"],
+        "cuda12": [f"jax[cuda12]{JAX_VERSIONS}"],
+        "cuda13": [f"jax[cuda13]{JAX_VERSIONS}"],
+    },
 )

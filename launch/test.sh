@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: on a machine with only Python, creates .venv if missing, installs mcm_jax with
-# its test extra, and runs the test suite on the CPU. Extra arguments go to pytest.
+# The test command: on a machine with only Python, creates .venv with mcm_jax and its test extra
+# (launch/venv.sh: only when .venv is missing or setup.py changed) and runs the test suite on the
+# CPU. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=launch/venv.sh

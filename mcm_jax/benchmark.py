@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import sharding, train
+from mcm_jax import hardware, sharding, train
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +34,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 
 
 def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict[str, float]:
-    """Compiles and times `steps` train steps after `warmup`; returns the figures."""
+    """Compiles and times `steps` train steps after `warmup`; returns the figures (`mfu` and
+    `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)."""
     trainer = train.Trainer(config)
     state = trainer.init_state()
     teacher = None
@@ -57,14 +58,17 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 
 
     flops = train.train_flops_per_example(config) * config.training.batch_size
     tflops_per_device = flops / step_s / jax.device_count() / 1e12
-    return {
+    figures = {
         "compile_s": compile_s,
         "step_ms": 1e3 * step_s,
         "images_per_s": config.training.batch_size / step_s,
         "tflops_per_device": tflops_per_device,
-        "mfu": tflops_per_device / config.peak_tflops_per_device,
         "loss": float(metrics["loss"]),
     }
+    peak = hardware.peak_tflops(config.peak_tflops_per_device, jax.devices()[0].device_kind)
+    if peak:
+        figures.update(peak_tflops=peak, mfu=tflops_per_device / peak)
+    return figures
 
 
 def main(argv):
@@ -78,10 +82,15 @@ def main(argv):
         f"{config.objective} {method} | batch {config.training.batch_size} | "
         f"dtype {config.model.dtype} | attention {config.model.attention_impl}"
     )
+    mfu = (
+        f"MFU {100 * figures['mfu']:.1f}% of {figures['peak_tflops']:g} TFLOP/s"
+        if "mfu" in figures
+        else "MFU unknown (device not in mcm_jax.hardware; set --config.peak_tflops_per_device)"
+    )
     print(
         f"compile {figures['compile_s']:.1f} s | step {figures['step_ms']:.1f} ms | "
         f"{figures['images_per_s']:.1f} img/s | {figures['tflops_per_device']:.1f} TFLOP/s per "
-        f"device | MFU {100 * figures['mfu']:.1f}% of {config.peak_tflops_per_device} TFLOP/s"
+        f"device | {mfu}"
     )
 
 

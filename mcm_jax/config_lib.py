@@ -86,13 +86,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.sample_images = 64
     c.training.sample_method = "addim"  # the teacher's sampler; students always use S-step DDIM
     c.training.sample_steps = 128  # the teacher's sampler steps
+    c.training.profile_steps = 0  # > 0: trace this many steps after warm-up (process 0) into the workdir
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1: all that the fsdp axis leaves
     c.mesh.fsdp = 1  # devices that shard parameters and optimizer state
     c.mesh.fsdp_min_size = 2**18  # parameters smaller than this stay replicated
 
-    c.peak_tflops_per_device = 989.0  # bf16 dense peak used for MFU (H100 SXM: 989)
+    # bf16 dense peak per device for MFU. 0: look up jax.devices()[0].device_kind in
+    # mcm_jax.hardware (an unknown device reports no MFU); > 0: use this value instead.
+    c.peak_tflops_per_device = 0.0
     c.eval = default_eval_config()  # the eval job (--mode=eval); fields: see mcm_jax.eval.config
     return c
 
@@ -243,6 +246,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"config.training.{field}: must be an integer >= 1, got {t[field]!r}",
         )
     _require(t.sample_every >= 0, f"config.training.sample_every: must be >= 0, got {t.sample_every}")
+    _require(
+        isinstance(t.profile_steps, int) and t.profile_steps >= 0,
+        f"config.training.profile_steps: must be an integer >= 0, got {t.profile_steps!r}",
+    )
+    _require(
+        config.peak_tflops_per_device >= 0,
+        "config.peak_tflops_per_device: must be >= 0 (0 looks the device up in mcm_jax.hardware), "
+        f"got {config.peak_tflops_per_device}",
+    )
     _require(
         t.sample_method in SAMPLERS,
         f"config.training.sample_method: {t.sample_method!r} is not one of {SAMPLERS}",

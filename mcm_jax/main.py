@@ -122,9 +122,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _launched_processes() -> int:
-    """How many processes SLURM or a Cloud TPU slice started (1 for a plain launch)."""
+    """How many processes SLURM or a Cloud TPU slice started (1 for a plain launch).
+
+    SLURM counts only inside an srun step (SLURM_STEP_ID): a salloc or batch shell also has
+    SLURM_NTASKS, and a process started there alone would wait forever for its peers.
+    """
     env = os.environ
-    if "SLURM_NTASKS" in env:
+    if "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         return int(env["SLURM_NTASKS"])
     if env.get("TPU_WORKER_HOSTNAMES"):
         return len(env["TPU_WORKER_HOSTNAMES"].split(","))

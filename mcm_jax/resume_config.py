@@ -27,7 +27,7 @@ RESUMABLE = (
     "training.num_steps", "training.log_every", "training.checkpoint_every",
     "training.keep_checkpoints", "training.keep_period", "training.async_checkpointing",
     "training.sample_every", "training.sample_images", "training.sample_method",
-    "training.sample_steps", "training.batch_size",
+    "training.sample_steps", "training.batch_size", "training.profile_steps",
     "mesh.", "model.dtype", "model.attention_impl", "model.remat",
     "data.data_dir", "data.num_parallel_calls", "data.prefetch",
     "peak_tflops_per_device", "eval.",

@@ -22,8 +22,8 @@ import optax
 from etils import epath
 
 from mcm_jax import (
-    checkpointing, config_lib, images, losses, multihost, preemption, resume_config, samplers,
-    sharding,
+    checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
+    resume_config, samplers, sharding,
 )
 from mcm_jax.models import build, flops_per_example
 
@@ -401,6 +401,8 @@ def _train_loop(
         if is_chief else lambda step: None
     )
     flops_per_step = train_flops_per_example(config) * t.batch_size
+    peak_tflops = hardware.peak_tflops(config.peak_tflops_per_device, jax.devices()[0].device_kind)
+    profiler = profiling.StepProfiler(workdir, t.profile_steps, step + profiling.WARMUP_STEPS)
     buffer: list[dict] = []
     last_time, last_step = time.time(), step
 
@@ -416,6 +418,7 @@ def _train_loop(
         batch = sharding.host_local_to_global(next(data), trainer.mesh)
         state, metrics = trainer.train_step(state, batch, teacher_params)
         step += 1
+        profiler.after_step(step, metrics)
         if not buffer and step == last_step + 1:
             # Time from the end of the first step on, so compilation is not counted as speed.
             jax.block_until_ready(metrics)
@@ -434,8 +437,9 @@ def _train_loop(
                 steps_per_sec=steps_per_sec,
                 examples_per_sec=steps_per_sec * t.batch_size,
                 tflops_per_device=tflops,
-                mfu=tflops / config.peak_tflops_per_device,
             )
+            if peak_tflops:  # None for a device mcm_jax.hardware does not know
+                scalars["mfu"] = tflops / peak_tflops
             writer.write_scalars(step, scalars)
         preempted = watcher.reached(step)
         if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
@@ -447,6 +451,7 @@ def _train_loop(
                 images.write_grid(workdir, f"samples_{step:08d}", grid, writer, step)
         if preempted:
             break
+    profiler.stop()
     ckpt.wait()
     writer.flush()
     return state

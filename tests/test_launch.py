@@ -6,8 +6,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -131,37 +134,127 @@ def test_local_scripts_parse_and_pass_shellcheck(script):
     _run(_shellcheck(), "-x", "--shell=bash", path)
 
 
-def test_tpu_vm_dry_run_prints_the_gcloud_commands():
-    out = _run(
-        TPU_VM, "--dry-run", "--name=mcm-test", "--zone=europe-west4-a", "--accelerator-type=v4-64",
-        "--version=tpu-ubuntu2204-base", "--project=proj", "--spot",
-        "--config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small",
-        "--workdir=gs://bucket/run", "--data-dir=gs://bucket/tfds", "all",
-        "--", "--config.teacher.workdir=gs://bucket/teacher",
-    ).stdout
-    commands = [shlex.split(line) for line in _split_commands(out)]
-    create, tar, scp, install, main, delete = commands
-    location = ["--zone=europe-west4-a", "--project=proj"]
-    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "mcm-test", *location,
-                      "--accelerator-type=v4-64", "--version=tpu-ubuntu2204-base", "--spot"]
+GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
+GCLOUD_QR = ["gcloud", "compute", "tpus", "queued-resources"]
+RUN_ARGS = ("--config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small",
+            "--workdir=gs://bucket/run", "--data-dir=gs://bucket/tfds")
+
+
+def _tpu_commands(*args) -> list[list[str]]:
+    out = _run(TPU_VM, "--dry-run", "--name=mcm-test", "--zone=europe-west4-a", "--project=proj",
+               *args).stdout
+    return [shlex.split(line) for line in _split_commands(out)]
+
+
+LOCATION = ["--zone=europe-west4-a", "--project=proj"]
+
+
+def test_tpu_vm_create_is_plain_for_v4_on_demand():
+    (create,) = _tpu_commands("--accelerator-type=v4-64", "create")
+    assert create == [*GCLOUD_TPU, "create", "mcm-test", *LOCATION, "--version=tpu-ubuntu2204-base",
+                      "--accelerator-type=v4-64"]
+
+
+@pytest.mark.parametrize(
+    "accelerator,flags,runtime",
+    [
+        ("v4-32", ["--spot"], "tpu-ubuntu2204-base"),
+        ("v4-32", ["--reserved"], "tpu-ubuntu2204-base"),
+        ("v5litepod-64", [], "v2-alpha-tpuv5-lite"),
+        ("v5litepod-256", ["--spot"], "v2-alpha-tpuv5-lite"),
+        ("v5p-64", ["--reserved"], "v2-alpha-tpuv5"),
+        ("v6e-16", ["--spot"], "v2-alpha-tpuv6e"),
+    ],
+)
+def test_tpu_vm_create_queues_spot_reserved_and_v5_v6_slices_and_waits(accelerator, flags, runtime):
+    create, describe = _tpu_commands(f"--accelerator-type={accelerator}", *flags, "create")
+    assert create == [*GCLOUD_QR, "create", "mcm-test", *LOCATION, "--node-id=mcm-test",
+                      f"--runtime-version={runtime}", f"--accelerator-type={accelerator}", *flags]
+    assert describe == [*GCLOUD_QR, "describe", "mcm-test", *LOCATION, "--format=value(state.state)"]
+    (delete,) = _tpu_commands(f"--accelerator-type={accelerator}", *flags, "delete")
+    assert delete == [*GCLOUD_QR, "delete", "mcm-test", *LOCATION, "--force", "--quiet"]
+
+
+def test_tpu_vm_runtime_version_override_and_errors():
+    (create,) = _tpu_commands("--accelerator-type=v4-8", "--version=tpu-vm-v4-base", "create")
+    assert "--version=tpu-vm-v4-base" in create
+    unknown = _run(TPU_VM, "--dry-run", "--accelerator-type=v3-8", "create", check=False)
+    assert unknown.returncode == 2 and "give --version" in unknown.stderr
+    both = _run(TPU_VM, "--dry-run", "--spot", "--reserved", "create", check=False)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_tpu_vm_all_creates_installs_runs_follows_and_deletes():
+    commands = _tpu_commands("--accelerator-type=v5litepod-64", "--spot", *RUN_ARGS, "all",
+                             "--", "--config.teacher.workdir=gs://bucket/teacher")
+    create, describe, tar, scp, install, start, logs, delete = commands
+    assert create[:5] == [*GCLOUD_QR, "create"] and "--spot" in create
+    assert describe[:5] == [*GCLOUD_QR, "describe"]
     assert tar[0] == "tar" and "--exclude=./.venv" in tar
-    assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tar[2]] and "--worker=all" in scp
-    for ssh in (install, main):
-        assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mcm-test"]
-        assert "--worker=all" in ssh
-    install_code = _remote_code(install)
-    assert "pip install" in install_code and '-e "$HOME/mcm_jax"' in install_code
-    assert "jax[tpu]==" in install_code
-    main_code = _remote_code(main)
-    assert "python -m mcm_jax.main" in main_code and "JAX_COORDINATOR_ADDRESS" in main_code
-    worker_args = shlex.split(main_code.rsplit("worker_main ", 1)[1])
+    assert scp[:6] == [*GCLOUD_TPU, "scp", tar[2]] and "--worker=all" in scp
+    for ssh in (install, start):
+        assert ssh[:6] == [*GCLOUD_TPU, "ssh", "mcm-test"] and "--worker=all" in ssh
+    assert '-e "$HOME/mcm_jax[tpu]"' in _remote_code(install)  # jax[tpu] through the extra
+    start_code = _remote_code(start)
+    assert "sudo rm -f /tmp/libtpu_lockfile" in start_code and "sudo lsof -t /dev/accel*" in start_code
+    assert "setsid nohup bash ~/mcm_jax/run.sh" in start_code
+    worker_args = shlex.split(start_code.split("worker_supervise ")[-1].split("\n")[0])
     assert worker_args == [
-        "--config=configs/imagenet64_mcm.py:steps=8,method=cd,size=small", "--workdir=gs://bucket/run",
-        "--mode=train", "--config.data.data_dir=gs://bucket/tfds", "--config.teacher.workdir=gs://bucket/teacher",
+        "gs://bucket/run", *RUN_ARGS[:2], "--mode=train", "--config.data.data_dir=gs://bucket/tfds",
+        "--config.teacher.workdir=gs://bucket/teacher",
     ]
-    assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "mcm-test", *location, "--quiet"]
-    for code in (install_code, main_code):
+    assert logs[:6] == [*GCLOUD_TPU, "ssh", "mcm-test"] and "--worker=0" in logs
+    assert "tail" in _remote_code(logs) and "--pid=" in _remote_code(logs)
+    assert delete == [*GCLOUD_QR, "delete", "mcm-test", *LOCATION, "--force", "--quiet"]
+    for code in (_remote_code(install), start_code, _remote_code(logs)):
         _run("bash", "-n", "-c", code)
+
+
+def test_tpu_vm_resume_recreates_the_preempted_slice_and_runs_into_the_same_workdir():
+    commands = _tpu_commands("--accelerator-type=v6e-16", "--spot", *RUN_ARGS, "resume")
+    delete, create, describe, tar, scp, install, start = commands
+    assert delete[:5] == [*GCLOUD_QR, "delete"] and create[:5] == [*GCLOUD_QR, "create"]
+    assert "--runtime-version=v2-alpha-tpuv6e" in create and describe[4] == "describe"
+    assert "worker_install" in _remote_code(install)
+    assert "worker_supervise gs://bucket/run --config=" in _remote_code(start)
+
+
+def test_tpu_vm_logs_and_stop_address_the_workers():
+    (logs,) = _tpu_commands("--worker=3", "logs")
+    assert "--worker=3" in logs
+    (logs,) = _tpu_commands("--worker=all", "logs")
+    assert "--worker=all" in logs
+    (stop,) = _tpu_commands("stop")
+    assert stop[:6] == [*GCLOUD_TPU, "ssh", "mcm-test"] and "--worker=all" in stop
+    bad = _run(TPU_VM, "--dry-run", "--worker=first", "logs", check=False)
+    assert bad.returncode == 2 and "--worker" in bad.stderr
+
+
+def _fake_bin(tmp_path, endpoints: str):
+    """curl answering the metadata queries; sudo that logs, lets lsof report the pids in
+    ~/stale.pid as holding the TPU and runs kill; a Python that prints what it got."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(
+        "#!/bin/bash\n"
+        f'case "${{@: -1}}" in */worker-network-endpoints) echo "{endpoints}";; *) echo 1;; esac\n'
+    )
+    (bin_dir / "sudo").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >>"{tmp_path}/sudo.log"\n'
+        'case "$1" in lsof) cat "$HOME/stale.pid" 2>/dev/null;; kill) exec "$@";; esac\n'
+    )
+    venv = tmp_path / "mcm_jax" / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(
+        "#!/bin/bash\n"
+        'echo "processes=$JAX_NUM_PROCESSES id=$JAX_PROCESS_ID coordinator=$JAX_COORDINATOR_ADDRESS"\n'
+        'echo "$@"\n'
+        "sleep 2\n"  # still running when the ssh command has returned
+    )
+    for path in (bin_dir / "curl", bin_dir / "sudo", venv / "python"):
+        path.chmod(0o755)
+    return {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin"}
 
 
 @pytest.mark.parametrize(
@@ -172,32 +265,61 @@ def test_tpu_vm_dry_run_prints_the_gcloud_commands():
         ("t1v-n-0:0:10.0.0.7", "processes= id= coordinator="),
     ],
 )
-def test_tpu_vm_workers_start_jax_distributed_from_the_metadata(tmp_path, endpoints, expected):
-    """The worker code, run with a fake metadata server (curl) and a fake Python."""
-    out = _run(TPU_VM, "--dry-run", "--config=c.py", "--workdir=gs://b/w", "run").stdout
+def test_tpu_vm_run_starts_detached_frees_the_tpu_and_keeps_a_log_per_worker(
+    tmp_path, endpoints, expected
+):
+    """The worker code of `run`, executed here with fake metadata (curl), sudo and Python: the
+    ssh command returns at once, the run goes on alone, and its log lands in the workdir."""
+    workdir = tmp_path / "workdir"
+    out = _run(TPU_VM, "--dry-run", "--config=c.py", f"--workdir={workdir}", "run").stdout
     (ssh,) = [shlex.split(line) for line in _split_commands(out)]
-    bin_dir, venv = tmp_path / "bin", tmp_path / "mcm_jax" / ".venv" / "bin"
-    bin_dir.mkdir()
-    venv.mkdir(parents=True)
-    curl = bin_dir / "curl"
-    curl.write_text(
-        "#!/bin/bash\n"
-        f'case "${{@: -1}}" in */worker-network-endpoints) echo "{endpoints}";; *) echo 1;; esac\n'
-    )
-    python = venv / "python"
-    python.write_text(
-        "#!/bin/bash\n"
-        'echo "processes=$JAX_NUM_PROCESSES id=$JAX_PROCESS_ID coordinator=$JAX_COORDINATOR_ADDRESS"\n'
-        'echo "$@"\n'
-    )
-    curl.chmod(0o755)
-    python.chmod(0o755)
-    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True, env=env)
+    env = _fake_bin(tmp_path, endpoints)
+    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True,
+                            env=env, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        expected, "-m mcm_jax.main --config=c.py --workdir=gs://b/w --mode=train"
-    ]
+    assert "started" in result.stdout
+    log = tmp_path / "mcm_jax" / "logs" / "worker-1.log"  # worker number 1 from the fake metadata
+    assert not log.exists() or "exited" not in log.read_text()  # ssh returned; the run goes on
+    copied = workdir / "logs" / "worker-1.log"
+    deadline = time.time() + 30
+    while not (copied.exists() and "exited with status 0" in copied.read_text()):
+        assert time.time() < deadline, "the detached run did not finish and copy its log"
+        time.sleep(0.1)
+    lines = copied.read_text().splitlines()
+    assert lines[1:3] == [expected, f"-m mcm_jax.main --config=c.py --workdir={workdir} --mode=train"]
+    assert log.read_text() == copied.read_text()
+    assert (tmp_path / "sudo.log").read_text().splitlines()[-1] == "rm -f /tmp/libtpu_lockfile"
+
+
+def test_tpu_vm_run_ends_stale_processes_holding_the_tpu(tmp_path):
+    out = _run(TPU_VM, "--dry-run", "--config=c.py", f"--workdir={tmp_path / 'w'}", "run").stdout
+    (ssh,) = [shlex.split(line) for line in _split_commands(out)]
+    env = _fake_bin(tmp_path, "10.0.0.7")
+    stale = subprocess.Popen(["bash", "-c", "trap 'kill $!; exit 0' TERM; sleep 60 & wait"])
+    threading.Thread(target=stale.wait, daemon=True).start()  # reaped at once, as init would
+    (tmp_path / "stale.pid").write_text(f"{stale.pid}\n")
+    time.sleep(0.2)  # the trap is set
+    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"ending processes holding the TPU: {stale.pid}" in result.stdout
+    assert stale.wait(timeout=10) == 0  # ended by SIGTERM, before the run started
+    calls = (tmp_path / "sudo.log").read_text().splitlines()
+    assert calls[1:] == [f"kill -TERM {stale.pid}", f"kill -KILL {stale.pid}",
+                         "rm -f /tmp/libtpu_lockfile"]
+
+
+def test_tpu_vm_stop_sends_sigterm_to_the_run(tmp_path):
+    (ssh,) = _tpu_commands("stop")
+    (tmp_path / "mcm_jax").mkdir()
+    run = subprocess.Popen(["bash", "-c", "trap 'echo saved; kill $!; exit 0' TERM; sleep 60 & wait"],
+                           stdout=subprocess.PIPE, text=True)
+    (tmp_path / "mcm_jax" / "run.pid").write_text(f"{run.pid}\n")
+    time.sleep(0.2)  # the trap is set
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(["bash", "-c", _remote_code(ssh)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and f"SIGTERM sent to {run.pid}" in result.stdout
+    assert run.wait(timeout=10) == 0 and run.stdout.read().strip() == "saved"
 
 
 def test_tpu_vm_setup_from_git_and_argument_errors():
@@ -205,8 +327,9 @@ def test_tpu_vm_setup_from_git_and_argument_errors():
     (ssh,) = [shlex.split(line) for line in _split_commands(out)]
     assert "git clone https://example.com/mcm_jax.git ~/mcm_jax" in _remote_code(ssh)
     assert "checkout v1" in _remote_code(ssh)
-    missing = _run(TPU_VM, "--dry-run", "--workdir=gs://b/w", "run", check=False)
-    assert missing.returncode == 2 and "--config is required" in missing.stderr
+    for command in ("run", "resume", "all"):
+        missing = _run(TPU_VM, "--dry-run", "--workdir=gs://b/w", command, check=False)
+        assert missing.returncode == 2 and "--config is required" in missing.stderr
     unknown = _run(TPU_VM, "--dry-run", "--zon=x", "create", check=False)
     assert unknown.returncode == 2 and "--zon=x" in unknown.stderr
 
@@ -221,12 +344,16 @@ def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
     ).stdout
     script, submit = out.rsplit("\n# submit with: ", 1)
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --account=acct", "#SBATCH --qos=high",
-                 "#SBATCH --signal=TERM@300", f"#SBATCH --output={logs}/%x-%j.out"):
+                 "#SBATCH --cpus-per-task=12", "#SBATCH --partition=gpu", "#SBATCH --account=acct",
+                 "#SBATCH --qos=high", "#SBATCH --signal=TERM@300",
+                 f"#SBATCH --output={logs}/%x-%j.out"):
         assert line in script.splitlines()
+    assert "--requeue" not in script
     srun = shlex.split(script.splitlines()[-1])
     assert srun == [
-        "srun", "--kill-on-bad-exit=1", "/opt/venv/bin/python", "-m", "mcm_jax.main",
+        # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05); one log per task
+        "srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", f"--output={logs}/%x-%j-task%t.out",
+        "--open-mode=append", "/opt/venv/bin/python", "-m", "mcm_jax.main",
         "--config=configs/imagenet128_mcm.py:steps=4,method=cd", "--workdir=/shared/run", "--mode=eval",
         "--config.data.data_dir=/shared/tfds", "--config.teacher.workdir=/shared/teacher",
     ]
@@ -235,6 +362,46 @@ def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
     batch = tmp_path / "job.sbatch"
     batch.write_text(script + "\n")
     _run(_shellcheck(), str(batch))
+
+
+FAKE_SRUN = """#!/bin/bash
+echo "srun $*" >>"$LOG"
+trap 'echo "task: SIGTERM, checkpoint saved" >>"$LOG"; kill $!; exit 0' TERM
+sleep 60 &
+wait
+"""
+
+
+def test_slurm_requeue_forwards_sigterm_then_requeues_the_job(tmp_path):
+    """The --requeue batch script, run with a fake srun and scontrol and sent SIGTERM as SLURM
+    does 5 minutes before the time limit: the tasks get it, then the job is requeued."""
+    logs = tmp_path / "logs"
+    out = _run(SLURM, "--dry-run", "--requeue", "--cpus-per-task=16", f"--log-dir={logs}",
+               "--config=c.py", "--workdir=/shared/run").stdout
+    script = out.rsplit("\n# submit with: ", 1)[0]
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:TERM@300", "#SBATCH --open-mode=append"):
+        assert line in script.splitlines()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >>"$LOG"\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    batch = tmp_path / "job.sbatch"
+    batch.write_text(script + "\n")
+    _run(_shellcheck(), str(batch))
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "SLURM_JOB_ID": "4242"}
+    process = subprocess.Popen(["bash", str(batch)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (log.exists() and "srun" in log.read_text()):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith(f"srun --kill-on-bad-exit=1 --cpus-per-task=16 --output={logs}/")
+    assert calls[1:] == ["task: SIGTERM, checkpoint saved", "scontrol requeue 4242"]
 
 
 def test_slurm_argument_errors():

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import checkpointing, paths
+from mcm_jax import checkpointing, main, paths
 from test_train import ROOT, _event_losses, _main_command
 
 TEACHER = "configs/digits_diffusion.py:model=tiny"
@@ -163,3 +163,21 @@ def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     assert config.eval.reference_stats == ""  # unset stays unset
     assert paths.resolve("gs://bucket/run") == "gs://bucket/run"
     assert paths.resolve_workdir("run") == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "env,processes",
+    [
+        ({}, 1),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, 1),  # salloc or batch shell: no step
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}, 8),  # srun step
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}, 1),
+        ({"TPU_WORKER_HOSTNAMES": "10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4"}, 4),
+    ],
+)
+def test_jax_distributed_starts_only_inside_a_launched_step(monkeypatch, env, processes):
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main._launched_processes() == processes

@@ -1,0 +1,186 @@
+"""Will a config fit? Per-device memory of a train run, worked out on the CPU from shapes alone.
+
+    python -m mcm_jax.memory --config=configs/imagenet64_mcm.py:size=large --devices=64 --chip=v5e \
+        [--config.mesh.fsdp=8] [--remat=none,full]
+
+prints, per device of a `--devices`-device (data, fsdp) mesh (config.mesh) at the per-device batch
+config.training.batch_size / devices:
+- the bytes of parameters, optimizer state, EMA parameters and teacher parameters (MCM students
+  hold them for CT and CD alike): exact, from the shapes `jax.eval_shape` gives and the partition
+  rule of `mcm_jax.sharding`;
+- gradients: one more copy of the parameters, sharded like them;
+- for each remat policy, the activations the forward pass saves for the backward pass: the
+  residuals of `jax.vjp` of the loss, whose shapes `jax.eval_shape` gives without running
+  anything. Their per-example bytes are the difference between batch 2 and batch 1 (what does not
+  grow with the batch, such as the weights, is counted above), times the per-device batch;
+- their sum against the chip's HBM (`--chip`, a name in `mcm_jax.hardware.CHIPS`).
+
+XLA's working buffers inside one layer, and its fusions that avoid storing some residuals, are
+not modelled: the total is an estimate to plan with, not a guarantee. The compiled CPU step's
+`memory_analysis()` is no substitute: on the CPU its temporaries came out the same for every remat
+policy (checked on the digits network), so it cannot compare policies.
+
+An MCM config needs no teacher checkpoint here: the teacher has the student's network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from mcm_jax import config_lib, hardware, losses, sharding, train
+from mcm_jax.models import build
+from mcm_jax.models.blocks import CHECKPOINT_POLICIES
+
+REMAT_POLICIES = ("none", *CHECKPOINT_POLICIES)
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class StateBytes:
+    """Per-device bytes of what a run holds between steps."""
+
+    params: int
+    optimizer: int
+    ema: int
+    teacher: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer + self.ema + self.teacher
+
+
+def _per_device_bytes(tree, fsdp: int, min_size: int) -> int:
+    """Bytes one device holds of `tree` when its leaves are split by `sharding.param_spec`."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        nbytes = leaf.size * leaf.dtype.itemsize
+        split = sharding.FSDP in sharding.param_spec(tuple(leaf.shape), fsdp, min_size)
+        total += nbytes // fsdp if split else nbytes
+    return total
+
+
+def state_bytes(config: ml_collections.ConfigDict) -> StateBytes:
+    """Exact per-device bytes of parameters, optimizer state, EMA and teacher for config.mesh."""
+    model = build(config.model)
+    optimizer = train.make_optimizer(config)
+    state = jax.eval_shape(
+        lambda rng: train.create_train_state(
+            train.init_params(model, config, rng), optimizer, len(config.ema_decays)
+        ),
+        jax.random.PRNGKey(0),
+    )
+    size = lambda tree: _per_device_bytes(tree, config.mesh.fsdp, config.mesh.fsdp_min_size)
+    return StateBytes(
+        params=size(state.params),
+        optimizer=size(state.opt_state),
+        ema=size(state.ema_params),
+        teacher=size(state.params) if config.objective == "mcm" else 0,
+    )
+
+
+def residual_bytes(config: ml_collections.ConfigDict, batch_size: int) -> int:
+    """Bytes of everything the loss's forward pass keeps for its backward pass (`jax.vjp`'s
+    residuals, under config.model.remat) for a batch of `batch_size`; nothing is computed."""
+    model = build(config.model)
+    model_fn = losses.make_model_fn(model.apply, config_lib.schedule_from_config(config))
+    loss_fn = train.make_loss_fn(config, model_fn, model_fn)
+    params = jax.eval_shape(lambda rng: train.init_params(model, config, rng), jax.random.PRNGKey(0))
+    teacher = params if config.objective == "mcm" else None
+    m = config.model
+    batch = {
+        "image": jax.ShapeDtypeStruct((batch_size, m.resolution, m.resolution, m.channels), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
+
+    def backward_closure(params, batch, teacher):
+        loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(0), jnp.int32(0), teacher)[0]
+        return jax.vjp(loss, params)[1]  # a pytree whose leaves are the residuals
+
+    residuals = jax.eval_shape(backward_closure, params, batch, teacher)
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
+
+
+def activation_bytes_per_example(config: ml_collections.ConfigDict) -> int:
+    """Residual bytes that grow with the batch, per example: batch 2's minus batch 1's."""
+    return residual_bytes(config, 2) - residual_bytes(config, 1)
+
+
+def report(
+    config: ml_collections.ConfigDict, num_devices: int, remats: tuple[str, ...] = REMAT_POLICIES
+) -> dict:
+    """Per-device state bytes, and activation bytes per remat policy, for `num_devices` devices."""
+    config = config.copy_and_resolve_references()
+    if config.objective == "mcm" and not config.teacher.workdir:
+        config.teacher.workdir = "(not read by mcm_jax.memory)"  # validate asks for one
+    config_lib.validate(config, num_devices=num_devices)
+    fsdp = config.mesh.fsdp
+    batch_per_device = config.training.batch_size // num_devices
+    result = {
+        "devices": num_devices,
+        "mesh": {"data": num_devices // fsdp, "fsdp": fsdp},
+        "batch_per_device": batch_per_device,
+        "state": state_bytes(config),
+        "activations": {},
+        "seconds": {},
+    }
+    for remat in remats:
+        config.model.remat = remat
+        start = time.perf_counter()
+        result["activations"][remat] = batch_per_device * activation_bytes_per_example(config)
+        result["seconds"][remat] = time.perf_counter() - start
+    return result
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def format_report(result: dict, chip: hardware.Chip | None) -> str:
+    """The report as text: one line per item, then one per remat policy."""
+    state = result["state"]
+    mesh = result["mesh"]
+    lines = [
+        f"{result['devices']} devices, mesh data {mesh['data']} x fsdp {mesh['fsdp']}, "
+        f"batch {result['batch_per_device']} per device; per device:",
+        f"  parameters   {_gib(state.params)}",
+        f"  optimizer    {_gib(state.optimizer)}",
+        f"  EMA          {_gib(state.ema)}",
+        f"  teacher      {_gib(state.teacher)}",
+        f"  gradients    {_gib(state.params)}",
+    ]
+    available = f" of {_gib(chip.hbm_bytes)} ({chip.name})" if chip else ""
+    for remat, activations in result["activations"].items():
+        needed = state.total + state.params + activations
+        fits = "" if chip is None else ("  fits" if needed <= chip.hbm_bytes else "  does not fit")
+        lines.append(
+            f"  remat {remat:<33} activations {_gib(activations)}, needed {_gib(needed)}"
+            f"{available}{fits}  [{result['seconds'][remat]:.0f} s]"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    jax.config.update("jax_platforms", "cpu")
+    for remat in FLAGS.remat:
+        if remat not in REMAT_POLICIES:
+            raise app.UsageError(f"--remat: {remat!r} is not one of {REMAT_POLICIES}")
+    chip = hardware.chip_by_name(FLAGS.chip) if FLAGS.chip else None
+    result = report(FLAGS.config, FLAGS.devices, tuple(FLAGS.remat))
+    print(format_report(result, chip), flush=True)
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
+    flags.DEFINE_integer("devices", 8, "Devices of the planned mesh (nothing runs on them).")
+    flags.DEFINE_string("chip", "", "Chip whose HBM to compare with: v4, v5e, v5p, h100, ...")
+    flags.DEFINE_list("remat", list(REMAT_POLICIES), "Remat policies to report.")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
