@@ -10,7 +10,6 @@ import logging as std_logging
 
 import jax
 from absl import logging
-from clu import metric_writers
 
 
 def is_chief() -> bool:
@@ -18,9 +17,12 @@ def is_chief() -> bool:
     return jax.process_index() == 0
 
 
-def metric_writer(workdir: str, *, asynchronous: bool) -> metric_writers.MetricWriter:
+def metric_writer(workdir: str, *, asynchronous: bool):
     """clu's default writer (log lines and TensorBoard under `workdir`) on process 0; a writer
-    that drops everything on the others, so each metric line appears once."""
+    that drops everything on the others, so each metric line appears once. (clu's writers import
+    TensorFlow, so they are imported here, by the outer loops only.)"""
+    from clu import metric_writers
+
     if is_chief():
         return metric_writers.create_default_writer(workdir, asynchronous=asynchronous)
     return metric_writers.MultiWriter([])
