@@ -85,11 +85,13 @@ def sample(
     method: str = "ddim",
     x_var_fn: XVarFn | None = None,
 ) -> Array:
-    """Runs `steps` uniform steps from t = 1 and returns the final x̂ (the last step is x̂ itself).
+    """Runs `steps` uniform steps from t = 1 down to t = 0 and returns the sample.
 
-    method "ddim": z_s = DDIM_{t→s}(x̂, z_t); with steps = S this is the MCM student sampler
-    (paper's Algorithm 2). method "addim": z_s = aDDIM_{t→s}(x̂, z_t, x_var_fn(t, z_t, x̂)), with the
-    analytic x_var when x_var_fn is None.
+    method "ddim": z_s = DDIM_{t→s}(x̂, z_t), and the last step returns x̂ = f(z_{1/N}, 1/N) (the
+    DDIM step to s = 0 is x̂ up to σ_0); with steps = S this is the MCM student sampler (paper's
+    Algorithm 2). method "addim" (paper's Algorithm 3): z_s = aDDIM_{t→s}(x̂, z_t, x_var_fn(t, z_t,
+    x̂)) on every step, the last one to s = 0 included, and returns z_0, i.e. x̂ plus the norm
+    correction; the analytic x_var when x_var_fn is None.
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -114,5 +116,7 @@ def sample(
         x_var = jnp.broadcast_to(x_var_fn(t, z_t, x_hat), (batch,))
         return diffusion.addim_step(x_hat, z_t, alpha_t, sigma_t, alpha_s, sigma_s, x_var)
 
+    if method == "addim":
+        return jax.lax.fori_loop(0, steps, step, z_1)
     z_last = jax.lax.fori_loop(0, steps - 1, step, z_1)
     return denoise_fn(z_last, jnp.full((batch,), 1.0 / steps, jnp.float32))
