@@ -1,4 +1,4 @@
-r"""aDDIM calibration: a teacher's posterior variance x_var(t) measured on data (design §1.3 (b)).
+r"""aDDIM calibration: a teacher's posterior variance x_var(t) measured on data (docs/method.md §3 (b)).
 
     python -m mcm_jax.calibrate --config=configs/<file>.py[:args] --workdir=<teacher workdir> \
         [--output=<path>.npz]

@@ -1,6 +1,6 @@
 """A small CNN classifier of the bundled digits, whose penultimate features define FD-digits.
 
-Inception features mean nothing on 8x8 digits (design §1.7), so on data.name == "digits" the eval
+Inception features mean nothing on 8x8 digits (docs/method.md §9), so on data.name == "digits" the eval
 job measures the Fréchet distance in the feature space of this network instead, and reports how
 often class-conditional samples are classified as their label. It trains in seconds on a CPU on
 the digits train split (numpy only, no TensorFlow) and is cached in the data dir, keyed by

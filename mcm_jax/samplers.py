@@ -1,4 +1,4 @@
-"""Deterministic samplers (design §1.5): DDIM and aDDIM for teachers, S-step DDIM for students.
+"""Deterministic samplers (docs/method.md §6): DDIM and aDDIM for teachers, S-step DDIM for students.
 
 A sampler is a pure function of (denoise_fn, z_1, schedule, steps); `denoise_fn(z, t) -> x̂` with t
 of shape (batch,). The step count is static, so the loop is one `lax.fori_loop` inside jit.
@@ -23,7 +23,7 @@ METHODS = ("ddim", "addim")
 
 
 def analytic_x_var_fn(schedule: Schedule) -> XVarFn:
-    """x_var(t) = 0.1/(2 + α_t²/σ_t²), the paper's data-free estimate (design §1.3 (a))."""
+    """x_var(t) = 0.1/(2 + α_t²/σ_t²), the paper's data-free estimate (docs/method.md §3 (a))."""
 
     def x_var_fn(t, z_t, x_hat):
         del z_t, x_hat
@@ -33,7 +33,7 @@ def analytic_x_var_fn(schedule: Schedule) -> XVarFn:
 
 
 def table_x_var_fn(times: np.ndarray, x_vars: np.ndarray) -> XVarFn:
-    """x_var(t) interpolated linearly in a measured calibration table (design §1.3 (b)).
+    """x_var(t) interpolated linearly in a measured calibration table (docs/method.md §3 (b)).
 
     `times` ascending in [0, 1], `x_vars` the calibrated η·‖x − x̂(z_t)‖²/d at those times.
     """
