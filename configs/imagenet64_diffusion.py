@@ -6,8 +6,8 @@
 
 Argument: `size=small|large` (default small): the paper's base (394M) and large (1.23B) networks.
 
-From the MCM paper (section 5.1, appendix A.1) and simple diffusion: imagenet2012 with ADM's resize and
-centre crop plus random flips; the interpolated cosine schedule from 32 px (near noise) to the
+From the MCM paper (section 5.1, appendix A.1) and simple diffusion: imagenet2012 with ADM's
+resize and centre crop plus random flips; the interpolated cosine schedule from 32 px (near noise) to the
 image resolution (near data); the v-loss; bfloat16 compute with float32 parameters; global batch
 2048; label dropout 0.1 so the teacher can give classifier-free guidance (ImageNet128 base
 distillation).

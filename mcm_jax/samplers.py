@@ -1,4 +1,4 @@
-"""Deterministic samplers (docs/method.md §6): DDIM and aDDIM for teachers, S-step DDIM for students.
+"""Deterministic samplers (docs/method.md §6): DDIM and aDDIM for teachers, S-step DDIM students.
 
 A sampler is a pure function of (denoise_fn, z_1, schedule, steps); `denoise_fn(z, t) -> x̂` with t
 of shape (batch,). The step count is static, so the loop is one `lax.fori_loop` inside jit.

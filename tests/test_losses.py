@@ -288,7 +288,8 @@ def _ct_loss(x, eps, times, dropout, **config):
     label = jnp.zeros(x.shape[0], jnp.int32)
     return np.asarray(
         losses.consistency_loss_at(
-            TOY_PARAMS, _toy_model_fn, x, label, eps, times, dropout, schedule=SCHEDULE, config=config
+            TOY_PARAMS, _toy_model_fn, x, label, eps, times, dropout,
+            schedule=SCHEDULE, config=config,
         ),
         np.float64,
     )

@@ -86,7 +86,7 @@ def test_bad_sampler_arguments():
 
 def test_one_addim_step_is_ddim_plus_the_predicted_norm():
     """Algorithm 3 takes the aDDIM step to s = 0 too: 1-step aDDIM is not x̂ but
-    z_0 = α_0 x̂ + sqrt(σ_0² + d·z_var/‖ε̂‖²)·ε̂ with z_var = (α_0 − α_1σ_0/σ_1)²·0.1/(2 + α_1²/σ_1²)."""
+    z_0 = α_0 x̂ + sqrt(σ_0² + d·z_var/‖ε̂‖²)·ε̂, z_var = (α_0 − α_1σ_0/σ_1)²·0.1/(2 + α_1²/σ_1²)."""
     d = 3
     z_1 = jax.random.normal(jax.random.PRNGKey(1), (16, d))
     denoise = MIXTURE.denoise_at(SCHEDULE)
@@ -110,8 +110,9 @@ def test_one_addim_step_is_ddim_plus_the_predicted_norm():
 
 def test_addim_last_step_restores_the_norm_with_an_exact_denoiser():
     """Paper eq. 12–14 on the last step (here the only one, t = 1 → s = 0): with x̂ = E[x|z_t] and
-    x_var = tr Var[x|z_t]/d, ‖z_0‖² is ‖z_0^DDIM‖² + tr Var[z_0|z_t] on average over examples (per
-    example up to the cross term 2α_0(c − σ_0)x̂·ε̂ that eq. 14 neglects); DDIM falls short by it."""
+    x_var = tr Var[x|z_t]/d, ‖z_0‖² is ‖z_0^DDIM‖² + tr Var[z_0|z_t] on average over examples
+    (per example up to the cross term 2α_0(c − σ_0)x̂·ε̂ that eq. 14 neglects); DDIM falls short
+    by it."""
     d, n = 256, 512
     z_1 = jax.random.normal(jax.random.PRNGKey(2), (n, d))
     denoise = MIXTURE.denoise_at(SCHEDULE)
