@@ -1,5 +1,7 @@
 r"""aDDIM calibration: a teacher's posterior variance x_var(t) measured on data.
 
+docs/method.md §3 (b); the paper's section 3.2 and Algorithm 3.
+
     python -m mcm_jax.calibrate --config=configs/<file>.py[:args] --workdir=<teacher workdir> \
         [--output=<path>.npz]
 

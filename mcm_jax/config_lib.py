@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.noise_resolution_high = 0  # interpolated_cosine: r_hi
 
     c.diffusion = ml_collections.ConfigDict()
-    c.diffusion.weighting = "v"
+    c.diffusion.weighting = "v"  # v | x | snr_plus_one (see mcm.weighting)
     c.diffusion.distance = "mse"
     c.diffusion.huber_c = 1e-4
     c.diffusion.label_dropout = 0.0  # > 0 trains for classifier-free guidance
@@ -55,8 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mcm.anneal_iterations = 100_000
     c.mcm.xvar_frac = 0.75
     c.mcm.huber_c = 1e-4
+    # v: pseudo-Huber of the v-space error (x − x̂)/σ_t, the paper's "v-loss"; snr_plus_one:
+    # (SNR(t) + 1) × pseudo-Huber of the x-space error, Algorithm 1 read literally; x: unweighted.
     c.mcm.weighting = "v"
     c.mcm.guidance_weight = 0.0
+    c.mcm.multiscale_pools = 0  # > 0: the consistency loss over this many 2x2 pools, as diffusion's
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.workdir = ""  # a diffusion run's workdir (needed by objective "mcm")
@@ -165,6 +168,7 @@ def null_label(config: ml_collections.ConfigDict) -> int:
 
 
 def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
+    """The teacher's loss settings from `config.diffusion`; errors name the field."""
     d = config.diffusion
     try:
         loss_config = losses.DiffusionLossConfig(
@@ -177,18 +181,25 @@ def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.Diffusion
         )
     except ValueError as e:
         raise ValueError(f"config.diffusion: {e}") from None
-    _require(
-        config.data.resolution % 2**d.multiscale_pools == 0,
-        f"config.diffusion.multiscale_pools: {d.multiscale_pools} 2x2 poolings need a resolution "
-        f"divisible by {2**d.multiscale_pools}, got config.data.resolution={config.data.resolution}",
-    )
+    _check_pools_fit(config, "diffusion")
     return loss_config
 
 
+def _check_pools_fit(config: ml_collections.ConfigDict, section: str) -> None:
+    """config.<section>.multiscale_pools 2x2 poolings must divide the image resolution."""
+    pools = config[section].multiscale_pools
+    _require(
+        config.data.resolution % 2**pools == 0,
+        f"config.{section}.multiscale_pools: {pools} 2x2 poolings need a resolution divisible by "
+        f"{2**pools}, got config.data.resolution={config.data.resolution}",
+    )
+
+
 def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
+    """The student's loss settings from `config.mcm`; errors name the field."""
     m = config.mcm
     try:
-        return losses.ConsistencyLossConfig(
+        loss_config = losses.ConsistencyLossConfig(
             method=m.method,
             student_steps=m.student_steps,
             teacher_steps_start=m.teacher_steps_start,
@@ -199,9 +210,12 @@ def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.Consist
             weighting=m.weighting,
             guidance_weight=m.guidance_weight,
             null_label=null_label(config),
+            multiscale_pools=m.multiscale_pools,
         )
     except ValueError as e:
         raise ValueError(f"config.mcm: {e}") from None
+    _check_pools_fit(config, "mcm")
+    return loss_config
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Deterministic diffusion steps: DDIM, inverse DDIM and adjusted DDIM (design §1.2, §1.3).
+"""Deterministic diffusion steps: DDIM, inverse DDIM and adjusted DDIM (docs/method.md §2–3).
 
 Conventions: the batch is the leading axis of x and z; α and σ are scalars or per-example arrays of
 shape (batch,) and broadcast against x; x_var is per example. Everything runs in float32.
@@ -123,6 +123,6 @@ def analytic_x_var(alpha: Array, sigma: Array) -> Array:
 
 
 def distillation_x_var(x_teacher: Array, x: Array, xvar_frac: float) -> Array:
-    """Per-example x_var for distillation: xvar_frac·‖x_teacher − x‖²/d (design §1.3 (c))."""
+    """Per-example x_var for distillation: xvar_frac·‖x_teacher − x‖²/d (docs/method.md §3 (c))."""
     _check_same_shape(x_teacher=x_teacher, x=x)
     return xvar_frac * per_example_mean((x_teacher - x) ** 2)

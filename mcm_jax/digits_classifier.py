@@ -1,8 +1,8 @@
 """A small CNN classifier of the bundled digits, whose penultimate features define FD-digits.
 
-Inception features mean nothing on 8x8 digits, so on data.name == "digits" the eval
-job measures the Fréchet distance in the feature space of this network instead, and reports how
-often class-conditional samples are classified as their label. It trains in seconds on a CPU on
+Inception features mean nothing on 8x8 digits (docs/method.md §9), so on data.name == "digits" the
+eval job measures the Fréchet distance in the feature space of this network instead, and reports
+how often class-conditional samples are classified as their label. It trains in seconds on a CPU on
 the digits train split (numpy only, no TensorFlow) and is cached in the data dir, keyed by
 resolution and `VERSION`, so later evals load it. Bump `VERSION` whenever the network, the
 training recipe or the seed changes: FD-digits values are comparable only within one version.

@@ -4,7 +4,7 @@ For one checkpoint (eval.step, or the latest), or every newest checkpoint as tra
 (eval.poll), it draws exactly eval.num_samples images with each sampler of the sweep (a student's
 S-step DDIM; a teacher's DDIM or aDDIM at each of eval.sweep_steps, optionally guided), sharded
 over all devices and processes and resumable after a kill, then scores them with FID or
-FD-digits. Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
+FD-digits (docs/method.md §9). Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
 
     events.out.tfevents.*               scores and grids per checkpoint step (TensorBoard)
     step_<step>/sweep.{csv,json,png}    the score against steps, per sampler

@@ -1,4 +1,4 @@
-"""Training objectives: the diffusion v-loss and the multistep consistency loss (design §1.4).
+"""Training objectives: the diffusion v-loss and the multistep consistency loss (docs/method.md).
 
 Losses are pure functions of parameters and a batch. The network enters as a `ModelFn`
 (params, z, t, label, train, dropout_rng) -> x̂, so the trainer can jit them with any sharding and
@@ -23,7 +23,7 @@ Params = Any
 ModelFn = Callable[[Params, Array, Array, Array, bool, Optional[Array]], Array]
 
 METHODS = ("ct", "cd")
-WEIGHTINGS = ("v", "x")
+WEIGHTINGS = ("v", "x", "snr_plus_one")
 DISTANCES = ("mse", "pseudo_huber")
 
 
@@ -67,7 +67,7 @@ def segment_steps(student_steps: int, n_teacher: Array) -> Array:
 def sample_times(
     rng: Array, batch_size: int, student_steps: int, n_teacher: Array | float
 ) -> tuple[Array, Array, Array]:
-    """Draws (t_step, t, s) per example on the grid of design §1.4, each float32 of shape (batch,).
+    """Draws (t_step, t, s) per example on Algorithm 1's grid, each float32 of shape (batch,).
 
     step ~ U{0..S−1}, n ~ U{1..N_seg}; t_step = step/S, t = t_step + n/T, s = t_step + (n−1)/T with
     T = N_seg·S, so s = t_step exactly when n = 1.
@@ -106,25 +106,43 @@ def consistency_target(
 
 
 def pseudo_huber(delta: Array, c: float) -> Array:
-    """Per-example sqrt(mean(δ²) + c²) − c, shape (batch,). Large c approaches mean(δ²)/(2c)."""
+    """Per-example sqrt(mean(δ²) + c²) − c, shape (batch,), in float32 whatever δ's dtype.
+
+    Large c approaches mean(δ²)/(2c).
+    """
     if not c > 0:
         raise ValueError(f"huber c must be > 0, got {c}")
+    delta = jnp.asarray(delta, jnp.float32)
     return jnp.sqrt(diffusion.per_example_mean(delta**2) + c**2) - c
 
 
 def weighted_delta(x_hat: Array, x_target: Array, sigma_t: Array, weighting: str) -> Array:
-    """The difference the loss measures: in v-space ((x̂ − x)/σ_t, SNR+1 weighting) or x-space."""
+    """The difference the distance measures, in float32: the v-space (x̂ − x)/σ_t for "v" (the
+    paper's v-loss), the x-space x̂ − x for "x" and "snr_plus_one" (see `loss_weight`)."""
+    x_hat = jnp.asarray(x_hat, jnp.float32)
+    x_target = jnp.asarray(x_target, jnp.float32)
     if weighting == "v":
         return (x_hat - x_target) / diffusion.expand_to(sigma_t, x_hat)
-    if weighting == "x":
+    if weighting in ("x", "snr_plus_one"):
         return x_hat - x_target
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
+def loss_weight(sigma_t: Array, weighting: str) -> Array:
+    """w_t, the factor on each example's distance: SNR(t) + 1 = 1/σ_t² for "snr_plus_one" (the
+    paper's Algorithm 1 read literally, L = w_t·‖x̂_diff‖), 1 for "v" and "x"."""
+    sigma_t = jnp.asarray(sigma_t, jnp.float32)
+    if weighting == "snr_plus_one":
+        return 1.0 / sigma_t**2
+    if weighting in ("v", "x"):
+        return jnp.ones_like(sigma_t)
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
 def distance(delta: Array, kind: str, huber_c: float) -> Array:
-    """Per-example distance of δ: mean squared error or pseudo-Huber."""
+    """Per-example distance of δ in float32: mean squared error or pseudo-Huber."""
     if kind == "mse":
-        return diffusion.per_example_mean(delta**2)
+        return diffusion.per_example_mean(jnp.asarray(delta, jnp.float32) ** 2)
     if kind == "pseudo_huber":
         return pseudo_huber(delta, huber_c)
     raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
@@ -145,6 +163,28 @@ def multiscale_distance(delta: Array, kind: str, huber_c: float, pools: int) -> 
         delta = nn.avg_pool(delta, (2, 2), strides=(2, 2))
         total = total + 2.0**k * distance(delta, kind, huber_c)
     return total
+
+
+def weighted_loss(
+    x_hat: Array,
+    x_target: Array,
+    sigma_t: Array,
+    *,
+    weighting: str,
+    kind: str,
+    huber_c: float,
+    pools: int,
+) -> Array:
+    """Per-example loss w_t · `multiscale_distance`(δ) with δ = `weighted_delta` and w_t =
+    `loss_weight`: the one formula behind the diffusion and the consistency loss."""
+    delta = weighted_delta(x_hat, x_target, sigma_t, weighting)
+    return loss_weight(sigma_t, weighting) * multiscale_distance(delta, kind, huber_c, pools)
+
+
+def check_multiscale_pools(pools: int) -> None:
+    """`multiscale_pools` is a count of 2x2 poolings: an integer >= 0."""
+    if not (isinstance(pools, int) and pools >= 0):
+        raise ValueError(f"multiscale_pools must be an integer >= 0, got {pools!r}")
 
 
 def drop_labels(rng: Array, label: Array, rate: float, null_label: int) -> Array:
@@ -177,13 +217,13 @@ class DiffusionLossConfig:
             raise ValueError(f"huber_c must be > 0, got {self.huber_c}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not (isinstance(self.multiscale_pools, int) and self.multiscale_pools >= 0):
-            raise ValueError(f"multiscale_pools must be an integer >= 0, got {self.multiscale_pools!r}")
+        check_multiscale_pools(self.multiscale_pools)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyLossConfig:
-    """The multistep consistency objective of design §1.4 (paper defaults)."""
+    """The multistep consistency objective (paper's Algorithm 1; defaults from its appendix A.1):
+    w_t · pseudo-Huber of the `weighting`-space error, over `multiscale_pools` + 1 resolutions."""
 
     method: str = "cd"
     student_steps: int = 8
@@ -195,6 +235,7 @@ class ConsistencyLossConfig:
     weighting: str = "v"
     guidance_weight: float = 0.0
     null_label: int = 0
+    multiscale_pools: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -211,6 +252,7 @@ class ConsistencyLossConfig:
             raise ValueError(f"guidance_weight must be >= 0, got {self.guidance_weight}")
         if self.guidance_weight > 0 and self.method != "cd":
             raise ValueError("guidance_weight > 0 needs method='cd' (guidance comes from a teacher)")
+        check_multiscale_pools(self.multiscale_pools)
         teacher_steps_at(0, self.teacher_steps_start, self.teacher_steps_end, self.anneal_iterations)
 
 
@@ -236,8 +278,15 @@ def diffusion_loss_at(
     z_t = noisy(x, eps, t, schedule)
     x_hat = model_fn(params, z_t, t, label, True, dropout_rng)
     _, sigma_t = schedule.alpha_sigma(t)
-    delta = weighted_delta(x_hat, x, sigma_t, config.weighting)
-    return multiscale_distance(delta, config.distance, config.huber_c, config.multiscale_pools)
+    return weighted_loss(
+        x_hat,
+        x,
+        sigma_t,
+        weighting=config.weighting,
+        kind=config.distance,
+        huber_c=config.huber_c,
+        pools=config.multiscale_pools,
+    )
 
 
 def diffusion_loss(
@@ -325,7 +374,15 @@ def consistency_loss_at(
     # The reference uses the student's own current parameters and the same dropout mask.
     x_hat_ref = jax.lax.stop_gradient(model_fn(params, z_s, s, label, True, dropout_rng))
     x_target = consistency_target(x_hat_ref, z_s, z_t, t, s, t_step, schedule)
-    return pseudo_huber(weighted_delta(x_hat, x_target, sigma_t, config.weighting), config.huber_c)
+    return weighted_loss(
+        x_hat,
+        x_target,
+        sigma_t,
+        weighting=config.weighting,
+        kind="pseudo_huber",
+        huber_c=config.huber_c,
+        pools=config.multiscale_pools,
+    )
 
 
 def consistency_loss(

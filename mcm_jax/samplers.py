@@ -1,4 +1,4 @@
-"""Deterministic samplers (design §1.5): DDIM and aDDIM for teachers, S-step DDIM for students.
+"""Deterministic samplers (docs/method.md §6): DDIM and aDDIM for teachers, S-step DDIM students.
 
 A sampler is a pure function of (denoise_fn, z_1, schedule, steps); `denoise_fn(z, t) -> x̂` with t
 of shape (batch,). The step count is static, so the loop is one `lax.fori_loop` inside jit.
@@ -23,7 +23,7 @@ METHODS = ("ddim", "addim")
 
 
 def analytic_x_var_fn(schedule: Schedule) -> XVarFn:
-    """x_var(t) = 0.1/(2 + α_t²/σ_t²), the paper's data-free estimate (design §1.3 (a))."""
+    """x_var(t) = 0.1/(2 + α_t²/σ_t²), the paper's data-free estimate (docs/method.md §3 (a))."""
 
     def x_var_fn(t, z_t, x_hat):
         del z_t, x_hat
@@ -33,7 +33,7 @@ def analytic_x_var_fn(schedule: Schedule) -> XVarFn:
 
 
 def table_x_var_fn(times: np.ndarray, x_vars: np.ndarray) -> XVarFn:
-    """x_var(t) interpolated linearly in a measured calibration table (design §1.3 (b)).
+    """x_var(t) interpolated linearly in a measured calibration table (docs/method.md §3 (b)).
 
     `times` ascending in [0, 1], `x_vars` the calibrated η·‖x − x̂(z_t)‖²/d at those times.
     """
@@ -85,11 +85,13 @@ def sample(
     method: str = "ddim",
     x_var_fn: XVarFn | None = None,
 ) -> Array:
-    """Runs `steps` uniform steps from t = 1 and returns the final x̂ (the last step is x̂ itself).
+    """Runs `steps` uniform steps from t = 1 down to t = 0 and returns the sample.
 
-    method "ddim": z_s = DDIM_{t→s}(x̂, z_t); with steps = S this is the MCM student sampler
-    (paper's Algorithm 2). method "addim": z_s = aDDIM_{t→s}(x̂, z_t, x_var_fn(t, z_t, x̂)), with the
-    analytic x_var when x_var_fn is None.
+    method "ddim": z_s = DDIM_{t→s}(x̂, z_t), and the last step returns x̂ = f(z_{1/N}, 1/N) (the
+    DDIM step to s = 0 is x̂ up to σ_0); with steps = S this is the MCM student sampler (paper's
+    Algorithm 2). method "addim" (paper's Algorithm 3): z_s = aDDIM_{t→s}(x̂, z_t, x_var_fn(t, z_t,
+    x̂)) on every step, the last one to s = 0 included, and returns z_0, i.e. x̂ plus the norm
+    correction; the analytic x_var when x_var_fn is None.
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -114,5 +116,7 @@ def sample(
         x_var = jnp.broadcast_to(x_var_fn(t, z_t, x_hat), (batch,))
         return diffusion.addim_step(x_hat, z_t, alpha_t, sigma_t, alpha_s, sigma_s, x_var)
 
+    if method == "addim":
+        return jax.lax.fori_loop(0, steps, step, z_1)
     z_last = jax.lax.fori_loop(0, steps - 1, step, z_1)
     return denoise_fn(z_last, jnp.full((batch,), 1.0 / steps, jnp.float32))

@@ -1,4 +1,4 @@
-"""Variance-preserving noise schedules parametrised by log-SNR (design §1.1).
+"""Variance-preserving noise schedules parametrised by log-SNR (docs/method.md §1).
 
 t = 0 is clean data (λ = λ_max), t = 1 is pure noise (λ = λ_min). α² = sigmoid(λ), σ² = sigmoid(−λ).
 All arithmetic is float32 whatever the network's compute dtype, because the consistency target

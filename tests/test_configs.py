@@ -85,6 +85,8 @@ def test_command_line_overrides_reach_the_config():
         "--config.data.data_dir=gs://bucket/tfds",
         "--config.ema_decays=(0.999,0.9999)",
         "--config.model.middle_dropout=0.3",
+        "--config.mcm.weighting=snr_plus_one",
+        "--config.mcm.multiscale_pools=0",
     ]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
@@ -96,9 +98,10 @@ def test_command_line_overrides_reach_the_config():
     assert tuple(config.ema_decays) == (0.999, 0.9999)
     assert config.model.middle_dropout == 0.3
     assert config.mcm.guidance_weight == 0.2
+    assert (config.mcm.weighting, config.mcm.multiscale_pools) == ("snr_plus_one", 0)
 
 
-def test_imagenet_networks_are_those_of_design_1_6():
+def test_imagenet_networks_are_those_of_the_paper_appendix_a1():
     small = get_config("imagenet64_diffusion", "size=small").model
     assert small.level_kinds == ("resnet", "transformer")
     assert small.level_channels == (256, 512)
@@ -150,6 +153,8 @@ def test_imagenet_students_carry_the_paper_settings(resolution, size, method):
     assert config.training.batch_size == 2048 and config.training.num_steps == 200_000
     assert (m.teacher_steps_start, m.teacher_steps_end, m.anneal_iterations) == (64, 1280, 100_000)
     assert (m.xvar_frac, m.huber_c, m.weighting) == (0.75, 1e-4, "v")
+    # ImageNet128: the multiscale loss of appendix A.1 read literally, for students too.
+    assert m.multiscale_pools == (1 if resolution == 128 else 0)
     guided = resolution == 128 and size == "small" and method == "cd"
     assert (m.guidance_weight > 0) == guided
     assert config.teacher.workdir == ""
@@ -157,6 +162,22 @@ def test_imagenet_students_carry_the_paper_settings(resolution, size, method):
     teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
     for field in ("model", "data", "schedule"):
         assert config[field].to_dict() == teacher[field].to_dict(), field
+
+
+@pytest.mark.parametrize("resolution,size", list(itertools.product((64, 128), ("small", "large"))))
+def test_imagenet_evals_default_to_the_paper_baselines(resolution, size):
+    """Teachers: 512 aDDIM steps (Table 1's diffusion row), the small ImageNet128 one guided with
+    the weight its CD student distils; students: their own S-step DDIM."""
+    from mcm_jax.evaluate import sweep_settings
+    from mcm_jax.eval.sampling import SamplerSetting
+
+    teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
+    guided = resolution == 128 and size == "small"
+    student = get_config(f"imagenet{resolution}_mcm", f"steps=4,method=cd,size={size}")
+    assert student.mcm.guidance_weight == (0.2 if guided else 0.0)
+    weight = student.mcm.guidance_weight
+    assert sweep_settings(teacher) == [SamplerSetting("addim", 512, weight)]
+    assert sweep_settings(student) == [SamplerSetting("ddim", 4)]
 
 
 def test_cifar10_student_keeps_the_paper_anneal_proportion():
@@ -192,6 +213,21 @@ def test_bad_multiscale_pools_fail_naming_the_field(pools, match):
     config = get_config("digits_diffusion", "model=tiny")  # 16 px
     config.diffusion.multiscale_pools = pools
     with pytest.raises(ValueError, match=rf"config\.diffusion.*{match}"):
+        config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("multiscale_pools", 5, "divisible by 32"),
+        ("multiscale_pools", -1, "integer >= 0"),
+        ("weighting", "snr", "weighting must be one of .*snr_plus_one"),
+    ],
+)
+def test_bad_consistency_loss_fields_fail_naming_the_field(field, value, match):
+    config = with_teacher(get_config("digits_mcm", "model=tiny"))  # 16 px
+    config.mcm[field] = value
+    with pytest.raises(ValueError, match=rf"config\.mcm.*{match}"):
         config_lib.validate(config, num_devices=8)
 
 

@@ -55,7 +55,7 @@ def test_target_at_segment_start_is_inverse_ddim():
 
 def _toy_model_fn(params, z, t, label, train, dropout_rng):
     """x̂ = w z + b(label) with a dropout-like random mask: enough to exercise the loss."""
-    x_hat = params["w"] * z + params["b"][label][:, None]
+    x_hat = params["w"] * z + diffusion.expand_to(params["b"][label], z)
     if train and dropout_rng is not None:
         x_hat = x_hat * jax.random.bernoulli(dropout_rng, 0.8, z.shape) / 0.8
     return x_hat
@@ -268,3 +268,147 @@ def test_bad_loss_configs_name_the_field():
             jax.random.PRNGKey(0), 0, model_fn=_toy_model_fn, schedule=SCHEDULE,
             config=losses.ConsistencyLossConfig(method="cd"),
         )
+
+
+def _ct_pieces(x, eps, times, dropout):
+    """(x̂, x_target, σ_t) of CT at given times, step by step as in Algorithm 1."""
+    t_step, t, s = times
+    label = jnp.zeros(x.shape[0], jnp.int32)
+    z_t = losses.noisy(x, eps, t, SCHEDULE)
+    z_s = diffusion.ddim_step(x, z_t, *SCHEDULE.alpha_sigma(t), *SCHEDULE.alpha_sigma(s))
+    x_hat = _toy_model_fn(TOY_PARAMS, z_t, t, label, True, dropout)
+    x_ref = _toy_model_fn(TOY_PARAMS, z_s, s, label, True, dropout)
+    target = losses.consistency_target(x_ref, z_s, z_t, t, s, t_step, SCHEDULE)
+    sigma_t = SCHEDULE.alpha_sigma(t)[1]
+    return tuple(np.asarray(a, np.float64) for a in (x_hat, target, sigma_t))
+
+
+def _ct_loss(x, eps, times, dropout, **config):
+    config = losses.ConsistencyLossConfig(method="ct", student_steps=4, **config)
+    label = jnp.zeros(x.shape[0], jnp.int32)
+    return np.asarray(
+        losses.consistency_loss_at(
+            TOY_PARAMS, _toy_model_fn, x, label, eps, times, dropout,
+            schedule=SCHEDULE, config=config,
+        ),
+        np.float64,
+    )
+
+
+def _huber_by_hand(delta, c):
+    return np.sqrt(np.mean(delta**2, axis=tuple(range(1, delta.ndim))) + c**2) - c
+
+
+def test_snr_plus_one_weighting_is_algorithm_1_read_literally():
+    """weighting "snr_plus_one": L = (SNR(t) + 1)·pseudo-Huber(x̂ − x_target), SNR + 1 = 1/σ_t²,
+    against "v": pseudo-Huber((x̂ − x_target)/σ_t). For the diffusion MSE both are the v-loss
+    (paper section 3.1: "v-loss (equivalent to SNR + 1 weighting)")."""
+    batch, c = 16, 0.01
+    x, eps = jax.random.normal(jax.random.PRNGKey(11), (2, batch, 6))
+    t_step = jnp.zeros(batch)
+    t = jnp.linspace(0.05, 0.25, batch)
+    times, dropout = (t_step, t, t - 0.05), jax.random.PRNGKey(12)
+    x_hat, target, sigma_t = _ct_pieces(x, eps, times, dropout)
+    delta = x_hat - target
+    literal = _ct_loss(x, eps, times, dropout, weighting="snr_plus_one", huber_c=c)
+    np.testing.assert_allclose(literal, _huber_by_hand(delta, c) / sigma_t**2, rtol=1e-4)
+    v_loss = _ct_loss(x, eps, times, dropout, weighting="v", huber_c=c)
+    np.testing.assert_allclose(v_loss, _huber_by_hand(delta / sigma_t[:, None], c), rtol=1e-4)
+    assert np.all(literal > 1.5 * v_loss)  # 1/σ_t² against about 1/σ_t: not the same loss
+
+    label = jnp.zeros(batch, jnp.int32)
+    diffusion_loss = lambda weighting: losses.diffusion_loss_at(
+        TOY_PARAMS, _toy_model_fn, x, label, eps, t, None, schedule=SCHEDULE,
+        config=losses.DiffusionLossConfig(weighting=weighting),
+    )
+    np.testing.assert_allclose(diffusion_loss("snr_plus_one"), diffusion_loss("v"), rtol=1e-5)
+
+
+def test_multiscale_consistency_loss_adds_the_pooled_error():
+    """mcm multiscale_pools = 1: the pseudo-Huber of the v-space error plus 2 × that of its 2x2
+    average pooling (simple diffusion's multiscale loss on the consistency error)."""
+    batch, c = 4, 0.01
+    x, eps = jax.random.normal(jax.random.PRNGKey(13), (2, batch, 8, 8, 3))
+    t_step = jnp.full((batch,), 0.25)
+    t = jnp.array([0.3, 0.4, 0.45, 0.5])
+    times, dropout = (t_step, t, t - 0.04), jax.random.PRNGKey(14)
+    x_hat, target, sigma_t = _ct_pieces(x, eps, times, dropout)
+    delta = (x_hat - target) / sigma_t[:, None, None, None]
+    expected = _huber_by_hand(delta, c) + 2 * _huber_by_hand(_pool_by_hand(delta), c)
+    multi = _ct_loss(x, eps, times, dropout, huber_c=c, multiscale_pools=1)
+    np.testing.assert_allclose(multi, expected, rtol=1e-4)
+    single = _ct_loss(x, eps, times, dropout, huber_c=c)
+    np.testing.assert_allclose(single, _huber_by_hand(delta, c), rtol=1e-4)
+    with pytest.raises(ValueError, match="multiscale_pools must be an integer >= 0"):
+        losses.ConsistencyLossConfig(multiscale_pools=-1)
+
+
+def _target_formula(x_ref, z_s, z_t, coeffs):
+    """x_target = invDDIM_{t→t_step}(DDIM_{s→t_step}(x̂_ref, z_s), z_t) written out, in the dtype of
+    its arguments (numpy float64 or jax bfloat16)."""
+    a_t, s_t, a_s, s_s, a_k, s_k = coeffs
+    z_ref = a_k * x_ref + (s_k / s_s) * (z_s - a_s * x_ref)
+    ratio = s_k / s_t
+    return (z_ref - ratio * z_t) / (a_k - a_t * ratio)
+
+
+def test_bfloat16_network_leaves_target_ddim_and_loss_in_float32():
+    """The network may compute in bfloat16; the method must not: the target divides by
+    α_step − α_t σ_step/σ_t, about 1e-3 one teacher step (1/1280) from the segment start."""
+    n, d = 64, 16
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    x, eps, noise = jax.random.normal(jax.random.PRNGKey(15), (3, n, d))
+    t_step, s, t = (jnp.full((n,), 0.5 + k / 1280) for k in (0, 1, 2))
+    z_t = losses.noisy(x, eps, t, SCHEDULE)
+
+    # A network that computes and returns bfloat16: the model function hands x̂ on in float32.
+    apply_fn = lambda variables, z, logsnr, label, train, rngs: (
+        variables["params"]["w"].astype(bf16) * z.astype(bf16)
+    )
+    model_fn = losses.make_model_fn(apply_fn, SCHEDULE)
+    assert apply_fn({"params": TOY_PARAMS}, z_t, t, None, True, None).dtype == bf16
+    x_hat = model_fn(TOY_PARAMS, z_t, t, None, True, None)
+    assert x_hat.dtype == f32
+
+    # DDIM, invDDIM, aDDIM and the target given bfloat16 values compute in float32.
+    x_ref = (x + 0.1 * noise).astype(bf16)
+    coeffs = (*SCHEDULE.alpha_sigma(t), *SCHEDULE.alpha_sigma(s))
+    z_s = diffusion.ddim_step(x, z_t, *coeffs)
+    up = lambda a: a.astype(bf16).astype(f32)
+    for fn, args in (
+        (diffusion.ddim_step, (x_ref, z_t.astype(bf16), *coeffs)),
+        (diffusion.inverse_ddim, (z_s.astype(bf16), z_t.astype(bf16), *coeffs)),
+        (diffusion.addim_step, (x_ref, z_t.astype(bf16), *coeffs, jnp.full((n,), 0.1))),
+    ):
+        out = fn(*args)
+        assert out.dtype == f32, fn.__name__
+        upcast = [up(a) if a.shape == (n, d) else a for a in args]
+        np.testing.assert_array_equal(out, fn(*upcast))
+    target = losses.consistency_target(x_ref, z_s, z_t, t, s, t_step, SCHEDULE)
+    assert target.dtype == f32
+
+    all_coeffs = (*coeffs, *SCHEDULE.alpha_sigma(t_step))
+    as64 = lambda a: np.asarray(a, np.float64)
+    exact = _target_formula(
+        as64(x_ref), as64(z_s), as64(z_t), [as64(c)[:, None] for c in all_coeffs]
+    )
+    in_bf16 = _target_formula(
+        x_ref, z_s.astype(bf16), z_t.astype(bf16), [c.astype(bf16)[:, None] for c in all_coeffs]
+    )
+    rel = lambda a: np.linalg.norm(as64(a) - exact) / np.linalg.norm(exact)
+    assert rel(target) < 1e-4  # measured 1.5e-5
+    # What bfloat16 arithmetic would do: the denominator rounds to 0 here (inf and nan).
+    assert not rel(in_bf16) < 0.1
+
+    # The loss of a bfloat16 network is float32 and equals that of its output upcast.
+    bf16_model = lambda *args: _toy_model_fn(*args).astype(bf16)
+    up_model = lambda *args: bf16_model(*args).astype(f32)
+    label = jnp.zeros(n, jnp.int32)
+    config = losses.ConsistencyLossConfig(method="ct", student_steps=2)
+    loss = lambda fn: losses.consistency_loss_at(
+        TOY_PARAMS, fn, x, label, eps, (t_step, t, s), jax.random.PRNGKey(16),
+        schedule=SCHEDULE, config=config,
+    )
+    assert loss(bf16_model).dtype == f32
+    np.testing.assert_array_equal(loss(bf16_model), loss(up_model))
+    assert losses.pseudo_huber(x_ref, 1e-4).dtype == f32

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from mcm_jax import samplers
+from mcm_jax import diffusion, samplers
 from mcm_jax.mixture import GaussianMixture
 from mcm_jax.schedules import get_schedule
 
@@ -82,3 +82,54 @@ def test_bad_sampler_arguments():
         samplers.table_x_var_fn(np.array([0.0, 1.0]), np.array([0.1, -0.1]))
     with pytest.raises(ValueError, match="strictly increasing"):
         samplers.table_x_var_fn(np.array([1.0, 0.0]), np.array([0.1, 0.1]))
+
+
+def test_one_addim_step_is_ddim_plus_the_predicted_norm():
+    """Algorithm 3 takes the aDDIM step to s = 0 too: 1-step aDDIM is not x̂ but
+    z_0 = α_0 x̂ + sqrt(σ_0² + d·z_var/‖ε̂‖²)·ε̂, z_var = (α_0 − α_1σ_0/σ_1)²·0.1/(2 + α_1²/σ_1²)."""
+    d = 3
+    z_1 = jax.random.normal(jax.random.PRNGKey(1), (16, d))
+    denoise = MIXTURE.denoise_at(SCHEDULE)
+    run = lambda method: np.asarray(
+        samplers.sample(denoise, z_1, schedule=SCHEDULE, steps=1, method=method), np.float64
+    )
+    x_hat = run("ddim")
+    np.testing.assert_array_equal(x_hat, denoise(z_1, jnp.ones(16)))
+    (alpha_0, sigma_0), (alpha_1, sigma_1) = (
+        (float(a), float(s)) for a, s in (SCHEDULE.alpha_sigma(0.0), SCHEDULE.alpha_sigma(1.0))
+    )
+    eps_hat = (np.asarray(z_1, np.float64) - alpha_1 * x_hat) / sigma_1
+    x_var = 0.1 / (2 + alpha_1**2 / sigma_1**2)
+    z_var = (alpha_0 - alpha_1 * sigma_0 / sigma_1) ** 2 * x_var
+    scale = np.sqrt(sigma_0**2 + d * z_var / np.sum(eps_hat**2, axis=1))
+    correction = run("addim") - alpha_0 * x_hat
+    np.testing.assert_allclose(correction, scale[:, None] * eps_hat, rtol=1e-5, atol=1e-6)
+    # Not a rounding effect: the added norm is about sqrt(d·0.05) per example.
+    assert np.all(np.linalg.norm(correction, axis=1) > 0.2)
+
+
+def test_addim_last_step_restores_the_norm_with_an_exact_denoiser():
+    """Paper eq. 12–14 on the last step (here the only one, t = 1 → s = 0): with x̂ = E[x|z_t] and
+    x_var = tr Var[x|z_t]/d, ‖z_0‖² is ‖z_0^DDIM‖² + tr Var[z_0|z_t] on average over examples
+    (per example up to the cross term 2α_0(c − σ_0)x̂·ε̂ that eq. 14 neglects); DDIM falls short
+    by it."""
+    d, n = 256, 512
+    z_1 = jax.random.normal(jax.random.PRNGKey(2), (n, d))
+    denoise = MIXTURE.denoise_at(SCHEDULE)
+    exact_x_var = lambda t, z, x_hat: MIXTURE.posterior_var(z, *SCHEDULE.alpha_sigma(t))
+    z_0 = samplers.sample(
+        denoise, z_1, schedule=SCHEDULE, steps=1, method="addim", x_var_fn=exact_x_var
+    )
+    ones, zeros = jnp.ones(n), jnp.zeros(n)
+    (alpha_1, sigma_1), (alpha_0, sigma_0) = SCHEDULE.alpha_sigma(ones), SCHEDULE.alpha_sigma(zeros)
+    z_ddim = diffusion.ddim_step(denoise(z_1, ones), z_1, alpha_1, sigma_1, alpha_0, sigma_0)
+    trace_var = (alpha_0 - alpha_1 * sigma_0 / sigma_1) ** 2 * d * exact_x_var(ones, z_1, None)
+    sq_norm = lambda z: np.sum(np.asarray(z, np.float64) ** 2, axis=1)
+    expected = sq_norm(z_ddim) + np.asarray(trace_var)
+    np.testing.assert_allclose(np.mean(sq_norm(z_0)), np.mean(expected), rtol=0.01)
+    # From pure noise the last step must give the data's second moment Σ w (μ² + s²) = 1.04.
+    second_moment = sum(
+        w * (m**2 + s**2) for w, m, s in zip(MIXTURE.weights, MIXTURE.means, MIXTURE.stds)
+    )
+    np.testing.assert_allclose(np.mean(sq_norm(z_0)) / d, second_moment, rtol=0.01)
+    assert np.mean(sq_norm(z_ddim)) / d < 0.1  # DDIM: ‖E[x]‖²/d = 0.09

@@ -1,4 +1,4 @@
-"""UViT models (design §1.6): named configurations, construction, size and cost.
+"""UViT models (docs/method.md §7): named configurations, construction, size and cost.
 
 config = model_config("imagenet64_small")
 model = build(config)

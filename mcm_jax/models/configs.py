@@ -1,4 +1,4 @@
-"""Named UViT configurations (design §1.6) and the small ones for digits, CIFAR-10 and tests.
+"""Named UViT configurations (docs/method.md §7) and the small ones for digits, CIFAR-10 and tests.
 
 Dropout follows the paper's appendix A.1: ImageNet64 small 0.2 on the middle stack, large 0.1 on
 every transformer block; ImageNet128 small 0.1 on the middle stack, large 0.1 on every block
