@@ -14,6 +14,7 @@ def test_benchmark_module_imports_no_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_benchmark_figures():
     config = digits_mcm.get_config("steps=2,method=ct,model=tiny")
     config.teacher.workdir = "unused"

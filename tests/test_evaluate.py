@@ -62,6 +62,7 @@ def test_digits_classifier_is_accurate_and_cached(digits_data_dir, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_exactly_n_distinct_samples_and_bit_exact_resume(tmp_path):
     """21 samples in chunks of 8 on 8 devices; a job stopped after one chunk and rerun ends with
     the same bytes as an uninterrupted one, sampling only the missing chunks."""
@@ -106,6 +107,7 @@ def test_exactly_n_distinct_samples_and_bit_exact_resume(tmp_path):
     np.testing.assert_array_equal(resumed_labels, labels)
 
 
+@pytest.mark.slow
 def test_calibration_and_fd_digits_sweep_end_to_end(teacher_dir, digits_data_dir):
     config = _config(
         digits_data_dir, calibration_times=9, calibration_batches=1, calibration_batch_size=64,
@@ -148,6 +150,7 @@ def test_calibration_and_fd_digits_sweep_end_to_end(teacher_dir, digits_data_dir
     assert evaluate.evaluate(config, str(teacher_dir)) == rows
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_with_clear_messages(tmp_path, teacher_dir, digits_data_dir):
     def fails(error, match, **eval_fields):
         with pytest.raises(error, match=match):

@@ -101,6 +101,7 @@ def _corrupt_recorded_checksum(workdir, step):
     path.write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_no_restorable_step_is_one_message_and_moves_nothing(tmp_path, six_step_run):
     workdir = tmp_path / "run"
     shutil.copytree(six_step_run, workdir)
@@ -123,6 +124,7 @@ def _config():
     return config
 
 
+@pytest.mark.slow
 def test_teacher_workdir_rerun_as_a_student_is_refused_and_left_untouched(
     tmp_path, digits_data_dir, six_step_run
 ):
@@ -169,6 +171,7 @@ def test_resume_with_more_steps_and_another_batch_records_the_change(
     assert checkpointing.read_config(str(workdir)).training.batch_size == 32
 
 
+@pytest.mark.slow
 def test_divergence_before_the_first_save_says_so(tmp_path, digits_data_dir):
     config = _config()
     config.data.data_dir = str(digits_data_dir)

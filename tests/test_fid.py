@@ -306,6 +306,7 @@ def get_config(data_dir):
 """
 
 
+@pytest.mark.slow
 def test_reference_command_on_digits(saved_weights, tmp_path):
     """The command end to end on the bundled digits (TFDS builds them offline)."""
     weights_path, _ = saved_weights

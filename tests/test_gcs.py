@@ -88,6 +88,7 @@ def test_x_var_table_on_gcs(gcs_emulator, gcs_dir):
         calibrate.load_x_var_table(str(gcs_dir / "absent.npz"))
 
 
+@pytest.mark.slow
 def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     """A teacher workdir on gs:// (config.json, an orbax checkpoint written through tensorstore's
     GCS driver) restores into a student exactly as distillation loads it."""

@@ -146,6 +146,7 @@ def _exact_teacher():
     return losses.Teacher(model_fn=model_fn, params=None)
 
 
+@pytest.mark.slow
 def test_exact_segment_jump_has_near_zero_distillation_loss():
     """The exact multistep consistency map of the mixture (64 i.i.d. coordinates) is a fixed point
     of CD with the exact teacher: its loss vanishes as the teacher steps grow, while a student off

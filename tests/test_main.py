@@ -32,6 +32,7 @@ def _error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_dir):
     """orbax needs absolute paths: relative --workdir, data_dir and teacher.workdir are resolved."""
     teacher, data_dir = _relative(tmp_path / "runs" / "teacher"), _relative(digits_data_dir)
@@ -62,6 +63,7 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
     assert (setting_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config, args, message",
     [
@@ -99,6 +101,7 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
     assert (tmp_path / "a_file").read_text() == "not a run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, config, message",
     [
@@ -129,6 +132,7 @@ def test_command_line_mistakes_name_the_flag(tmp_path, args, config, message):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, env",
     [([], {}), (["--verbose"], {}), ([], {"MCM_JAX_VERBOSE": "1"}),

@@ -1,8 +1,11 @@
 """The main job's path end to end on digits, with a tiny network and tiny step counts."""
 
+import pytest
+
 from mcm_jax import main_job
 
 
+@pytest.mark.slow
 def test_main_job_trains_distils_evaluates_and_tabulates(tmp_path):
     table = main_job.run(
         str(tmp_path), model="tiny", teacher_steps=10, student_steps=2, samples=32,

@@ -46,6 +46,7 @@ def test_state_bytes_equal_the_trainers_shards(fsdp):
         assert state.params < unsharded  # some parameters are split
 
 
+@pytest.mark.slow
 def test_activations_grow_linearly_with_the_batch_and_shrink_with_remat():
     config = _config()
     per_example = {}
@@ -57,6 +58,7 @@ def test_activations_grow_linearly_with_the_batch_and_shrink_with_remat():
     assert per_example["full"] < per_example["none"]
 
 
+@pytest.mark.slow
 def test_report_command_prints_every_item_and_the_verdict():
     command = [
         sys.executable, "-m", "mcm_jax.memory", "--config=configs/digits_mcm.py:model=tiny",

@@ -43,6 +43,7 @@ def test_bad_configs_name_the_field():
         ExperimentConfig(methods=("gan",))
 
 
+@pytest.mark.slow
 def test_eight_student_steps_are_closer_to_exact_samples_than_one(short_run):
     w1 = short_run["w1"]
     # Measured W1(S = 8) / W1(S = 1) on this run for seeds 0, 1, 2: CT 0.19, 0.23, 0.19;

@@ -35,6 +35,7 @@ def test_profiler_traces_exactly_the_window_and_stops_early_runs():
         assert calls == []
 
 
+@pytest.mark.slow
 def test_training_writes_a_trace_tensorboard_can_open(tmp_path, digits_data_dir):
     config = digits_diffusion.get_config("model=tiny")
     config.data.data_dir = str(digits_data_dir)

@@ -22,6 +22,7 @@ def _config(fsdp):
     return config
 
 
+@pytest.mark.slow
 def test_state_restores_exactly_into_another_mesh(tmp_path):
     eight = train.Trainer(_config(fsdp=2))
     state = eight.init_state()

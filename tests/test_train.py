@@ -61,6 +61,7 @@ def _final_params(workdir):
     return step, restored["params"], restored["meta"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(tmp_path, digits_data_dir):
     """2N steps straight equal N steps, SIGKILL at an arbitrary moment, and a restart to 2N."""
     steps, every = 40, 5
@@ -91,6 +92,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, digits_data_dir):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path, digits_data_dir):
     workdir = tmp_path / "run"
     command = _main_command(workdir, digits_data_dir, 100_000, 100_000)
@@ -107,6 +109,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, digits_data_dir):
     assert step is not None and 0 < step < 100_000
 
 
+@pytest.mark.slow
 def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
     """The diffusion loss falls well below its start; a CD student from that teacher trains."""
     teacher_dir = tmp_path / "teacher"
@@ -191,6 +194,7 @@ def test_missing_or_mismatched_teacher_fails_naming_the_field(tmp_path, digits_d
         train.train_and_evaluate(student, str(tmp_path / "student"))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digits_data_dir):
     config = _teacher_config(digits_data_dir, num_steps=20, checkpoint_every=1, log_every=1)
     config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up

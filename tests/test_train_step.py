@@ -58,6 +58,7 @@ def _run(config, devices, steps=2):
     return jax.device_get(state), losses, trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "objective, method", [("diffusion", "cd"), ("mcm", "ct"), ("mcm", "cd")]
 )
