@@ -148,3 +148,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end runs in subprocesses (deselect with -m 'not slow')"
     )
+    config.addinivalue_line(
+        "markers", "multiprocess: several processes over jax.distributed and gloo (also slow)"
+    )

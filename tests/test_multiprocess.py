@@ -16,7 +16,7 @@ from configs import digits_diffusion
 from mcm_jax import checkpointing, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def _free_port() -> int:
