@@ -234,6 +234,8 @@ class TrainIterator:
                 f"data state seed={state['seed']} differs from this run's seed={self._seed}: "
                 "the data position belongs to another run."
             )
+        if "batch_in_epoch" in state:
+            state = self._examples_position(state)
         epoch, in_epoch = int(state["epoch"]), int(state["examples_in_epoch"])
         seen = int(state["examples_seen"])
         if state["process_count"] != self._process_count:
@@ -247,6 +249,18 @@ class TrainIterator:
             )
             in_epoch = 0
         return epoch, in_epoch, seen
+
+    def _examples_position(self, state: dict) -> dict:
+        """A position saved in batches (before positions were counted in examples) in examples:
+        every finished epoch gave each of its processes share // local_batch batches."""
+        processes, batch = state["process_count"], state["global_batch_size"]
+        share = self._builder.info.splits[self._config.train_split].num_examples // processes
+        per_epoch = share // (batch // processes) * batch
+        return {
+            "seed": state["seed"], "process_count": processes, "epoch": state["epoch"],
+            "examples_in_epoch": state["batch_in_epoch"] * (batch // processes),
+            "examples_seen": state["epoch"] * per_epoch + state["batch_in_epoch"] * batch,
+        }
 
     def _epoch_batches(self, *, skip_examples: int) -> Iterator[Batch]:
         entropy = [self._seed, self._epoch, self._process_index]

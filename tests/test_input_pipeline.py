@@ -237,6 +237,23 @@ def test_resume_is_bit_exact_across_epochs(digits_config):
         input_pipeline.create_train_iterator(config, state=state, **{**kwargs, "seed": 8})
 
 
+def test_a_position_saved_in_batches_still_resumes(digits_config):
+    config = digits_config.copy_and_resolve_references()
+    config.train_split = "train[:64]"  # 32 per process: 4 batches of 8 per epoch
+    config.shuffle_buffer = 16
+    kwargs = dict(global_batch_size=16, seed=7, process_index=1, process_count=2)
+    first = input_pipeline.create_train_iterator(config, **kwargs)
+    for _ in range(6):
+        next(first)
+    state = first.get_state()
+    assert (state["epoch"], state["examples_in_epoch"], state["examples_seen"]) == (1, 16, 96)
+    old = {"seed": 7, "global_batch_size": 16, "process_count": 2, "epoch": 1, "batch_in_epoch": 2}
+    resumed = input_pipeline.create_train_iterator(config, state=old, **kwargs)
+    expected = input_pipeline.create_train_iterator(config, state=state, **kwargs)
+    _assert_same_batches([next(resumed) for _ in range(3)], [next(expected) for _ in range(3)])
+    assert resumed.get_state() == expected.get_state()
+
+
 def test_resume_with_another_batch_size_continues_the_example_stream(digits_config):
     config = digits_config.copy_and_resolve_references()
     config.train_split = "train[:192]"  # 96 per process
