@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -49,6 +50,13 @@ def _drop_reports_of_abandoned_reads() -> None:
     std_logging.getLogger("asyncio").addFilter(
         lambda record: not record.getMessage().startswith("Future exception was never retrieved")
     )
+
+
+def _on_every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _dropping_closed_loop_reports(previous):
@@ -184,8 +192,12 @@ class Checkpointer:
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 items, meta = self.restore(step, abstract_state)
+                fault = None
             except DamagedCheckpointError as error:
-                faults.append((step, str(error)))
+                fault = str(error)
+            # Every process must continue from the same step, even if only one could not read it.
+            if not _on_every_process(fault is None):
+                faults.append((step, fault or "another process could not restore it"))
                 continue
             if faults:
                 self._move_aside(faults, good=step)
