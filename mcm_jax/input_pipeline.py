@@ -8,8 +8,9 @@ local_batch = global_batch / process_count; the trainer assembles the global arr
 Training streams are a pure function of (seed, epoch, process): every epoch rebuilds its dataset
 with seeds derived from those, reads the files and fills the shuffle buffer in a seeded order, and
 draws each random flip from a stateless generator keyed by the example's position in the epoch.
-The data position is therefore two integers; resuming rebuilds the epoch and skips the consumed
-examples while they are still undecoded records, which is cheap next to decoding them.
+The data position is therefore the epoch and the examples consumed in it; resuming rebuilds the
+epoch and skips those examples while they are still undecoded records, which is cheap next to
+decoding them.
 """
 
 from collections.abc import Iterator
