@@ -1,8 +1,8 @@
 """The train state, the pure train step, and the training loop for teachers and MCM students.
 
 `make_train_step` builds a pure function (state, batch, teacher_params) -> (state, metrics) that
-the loop jits with NamedShardings over the mesh and a donated state. The loop, `train_and_evaluate`,
-is one function of (config, workdir): it resumes from the workdir's latest checkpoint (state and
+the loop jits with NamedShardings over the mesh and a donated state. The loop, `train`, is
+one function of (config, workdir): it resumes from the workdir's latest checkpoint (state and
 data position, into whatever mesh this run has), logs with clu (process 0), writes sample grids,
 and on a preemption notice saves the step that every process agrees on and returns.
 """
@@ -318,7 +318,7 @@ def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
     from mcm_jax import input_pipeline
 

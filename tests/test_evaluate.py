@@ -35,7 +35,7 @@ def _config(data_dir, **eval_fields):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, digits_data_dir):
     workdir = tmp_path_factory.mktemp("teacher")
-    train.train_and_evaluate(_config(digits_data_dir), str(workdir))
+    train.train(_config(digits_data_dir), str(workdir))
     return workdir
 
 

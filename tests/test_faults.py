@@ -180,4 +180,4 @@ def test_divergence_before_the_first_save_says_so(tmp_path, digits_data_dir):
     config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up
     config.optimizer.warmup_steps = 4
     with pytest.raises(FloatingPointError, match="diverged before its first save"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train(config, str(tmp_path))

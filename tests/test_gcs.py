@@ -104,7 +104,7 @@ def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     names = _object_names(gcs_emulator, gcs_dir)
     assert "teacher/config.json" in names
     assert any(name.startswith("teacher/checkpoints/7/ema_params/") for name in names)
-    assert epath.Path(teacher_dir).is_dir()  # what train_and_evaluate checks before distilling
+    assert epath.Path(teacher_dir).is_dir()  # what train.train checks before distilling
 
     student = digits_mcm.get_config("steps=2,method=cd,model=tiny")
     student.teacher.update(workdir=teacher_dir, ema_index=1)
