@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mcm_jax import config_lib, sharding, train
+from mcm_jax.run_setup import RunSetup
 
 BATCH = 16
 
@@ -39,7 +40,7 @@ def _batches(n):
 
 
 def _run(config, devices, steps=2):
-    trainer = train.Trainer(config, devices=devices)
+    trainer = train.Trainer(RunSetup.create(config, devices=devices))
     state = trainer.init_state()
     teacher = None
     if config.objective == "mcm":
@@ -52,7 +53,7 @@ def _run(config, devices, steps=2):
     losses = []
     for batch in _batches(steps):
         state, metrics = trainer.train_step(
-            state, sharding.host_local_to_global(batch, trainer.mesh), teacher
+            state, sharding.host_local_to_global(batch, trainer.setup.mesh), teacher
         )
         losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses, trainer
@@ -81,12 +82,12 @@ def test_sharded_step_matches_one_device(objective, method):
 
 def test_nonfinite_step_is_recorded_and_skipped():
     config = _config("diffusion")
-    trainer = train.Trainer(config, devices=jax.devices()[:1])
+    trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1]))
     state = trainer.init_state()
     before = jax.device_get(state.params)
     batch = _batches(1)[0]
     batch["image"][0, 0, 0, 0] = np.nan
-    state, metrics = trainer.train_step(state, sharding.host_local_to_global(batch, trainer.mesh), None)
+    state, metrics = trainer.train_step(state, sharding.host_local_to_global(batch, trainer.setup.mesh), None)
     assert int(state.nonfinite_step) == 0 and not np.isfinite(float(metrics["loss"]))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)
