@@ -2,23 +2,27 @@
 step) and the loop, `train(config, workdir)`.
 
 The loop resumes from the workdir's latest checkpoint (state and data position, into whatever
-mesh this run has), logs with clu (process 0), writes sample grids, and on a preemption notice
-saves the step that every process agrees on and returns. The pure step and the state it updates
-are in mcm_jax.train_step.
+mesh this run has), logs with clu (process 0), writes sample grids with the eval job's sampler
+(compiled once per run), and on a preemption notice saves the step that every process agrees on
+and returns. The pure step and the state it updates are in mcm_jax.train_step.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mcm_jax import (
     checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
-    resume_config, run_setup, samplers, sharding,
+    resume_config, run_setup, sharding,
 )
+from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.models import build
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
@@ -72,27 +76,25 @@ class Trainer:
         make = lambda p: create_train_state(p, self.optimizer, num_ema)
         return jax.jit(make, out_shardings=self.state_shardings)(params)
 
-    def sample(self, params: Params, num_images: int, rng: jax.Array) -> np.ndarray:
-        """Class-cycling samples from `params` with the run's sampler, as uint8 NHWC."""
-        c = self.setup.config
-        m = c.model
-        labels = jnp.arange(num_images) % max(m.num_classes, 1)
-        if m.num_classes == 0:
-            labels = jnp.zeros(num_images, jnp.int32)
-        if c.objective == "mcm":
-            steps, method = c.mcm.student_steps, "ddim"
-        else:
-            steps, method = c.training.sample_steps, c.training.sample_method
 
-        @jax.jit
-        def run(params, z_1):
-            denoise = lambda z, t: self.setup.model_fn(params, z, t, labels, False, None)
-            return samplers.sample(
-                denoise, z_1, schedule=self.setup.schedule, steps=steps, method=method
-            )
+def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndarray]:
+    """`grid(params)`: `num_images` class-cycling samples from `params` with the run's own
+    sampler (a student's S-step DDIM; a teacher's training.sample_method at sample_steps), as
+    uint8 NHWC. It is the eval job's batch sampler, built once so every grid of a run reuses one
+    compiled program; the noise is config.seed's, the same at every step."""
+    c = setup.config
+    if c.objective == "mcm":
+        setting = SamplerSetting("ddim", c.mcm.student_steps)
+    else:
+        setting = SamplerSetting(c.training.sample_method, c.training.sample_steps)
+    batch_size = -(-num_images // setup.mesh.size) * setup.mesh.size  # split over every device
+    sample_batch = setup.batch_sampler(setting, seed=c.seed, batch_size=batch_size)
 
-        z_1 = jax.random.normal(rng, (num_images, m.resolution, m.resolution, m.channels))
-        return images.to_uint8(np.asarray(jax.device_get(run(params, z_1))))
+    def grid(params: Params) -> np.ndarray:
+        samples = multihost_utils.process_allgather(sample_batch(params, 0), tiled=True)
+        return images.to_uint8(np.asarray(samples)[:num_images])
+
+    return grid
 
 
 def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
@@ -188,6 +190,7 @@ def _train_loop(
     flops_per_step = train_flops_per_example(config) * t.batch_size
     peak_tflops = hardware.peak_tflops(config.peak_tflops_per_device, jax.devices()[0].device_kind)
     profiler = profiling.StepProfiler(workdir, t.profile_steps, step + profiling.WARMUP_STEPS)
+    grid = grid_sampler(trainer.setup, t.sample_images) if t.sample_every else None
     buffer: list[dict] = []
     last_time, last_step = time.time(), step
 
@@ -231,9 +234,9 @@ def _train_loop(
             check_finite(state)
             ckpt.save(step, state, data.get_state())
         if t.sample_every and step % t.sample_every == 0:
-            grid = trainer.sample(state.ema_params[0], t.sample_images, jax.random.PRNGKey(step))
+            samples = grid(state.ema_params[0])
             if is_chief:
-                images.write_grid(workdir, f"samples_{step:08d}", grid, writer, step)
+                images.write_grid(workdir, f"samples_{step:08d}", samples, writer, step)
         if preempted:
             break
     profiler.stop()
