@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import hardware, sharding, train
+from mcm_jax import hardware, sharding, train, train_step
+from mcm_jax.run_setup import RunSetup
 
 FLAGS = flags.FLAGS
 
@@ -36,13 +37,13 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict[str, float]:
     """Compiles and times `steps` train steps after `warmup`; returns the figures (`mfu` and
     `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)."""
-    trainer = train.Trainer(config)
+    trainer = train.Trainer(RunSetup.create(config))
     state = trainer.init_state()
     teacher = None
     if config.objective == "mcm":
         shardings = jax.tree.map(lambda a: a.sharding, trainer.abstract_teacher_params)
         teacher = jax.device_put(jax.tree.map(lambda p: p.copy(), state.params), shardings)
-    batch = sharding.host_local_to_global(synthetic_batch(config), trainer.mesh)
+    batch = sharding.host_local_to_global(synthetic_batch(config), trainer.setup.mesh)
 
     start = time.perf_counter()
     compiled = trainer.train_step.lower(state, batch, teacher).compile()
@@ -56,7 +57,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
 
-    flops = train.train_flops_per_example(config) * config.training.batch_size
+    flops = train_step.train_flops_per_example(config) * config.training.batch_size
     tflops_per_device = flops / step_s / jax.device_count() / 1e12
     figures = {
         "compile_s": compile_s,

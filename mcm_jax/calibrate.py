@@ -24,8 +24,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mcm_jax import checkpointing, diffusion, files, paths, samplers, sharding, train
+from mcm_jax import checkpointing, diffusion, files, paths, samplers, sharding
 from mcm_jax.eval import config as eval_config
+from mcm_jax.run_setup import RunSetup
 
 TABLE_KEYS = ("times", "x_vars")
 
@@ -84,11 +85,11 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
         )
 
 
-def make_error_sums(trainer: train.Trainer, times: np.ndarray):
+def make_error_sums(setup: RunSetup, times: np.ndarray):
     """jitted (params, image, label, mask, rng) -> (sums, count): per t, the sum over the real
     examples (mask) of ‖x − x̂(z_t)‖²/d, one t at a time (lax.map); batch split over the mesh."""
-    schedule, model_fn = trainer.schedule, trainer.model_fn
-    num_classes = trainer.config.model.num_classes
+    schedule, model_fn = setup.schedule, setup.model_fn
+    num_classes = setup.config.model.num_classes
 
     def error_sums(params, image, label, mask, rng):
         label = label if num_classes else jnp.zeros_like(label)  # unconditional: the null label
@@ -117,19 +118,19 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str, output: str | Non
     _check(config, jax.device_count())
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
     step = checkpointing.resolve_step(ckpt, e.step, workdir)
-    trainer = train.Trainer(config)
-    ema = ckpt.restore_ema_params(step, trainer.abstract_state.ema_params)
+    setup = RunSetup.create(config)
+    ema = ckpt.restore_ema_params(step, setup.abstract_ema_params())
     ckpt.close()
     params = ema[e.ema_index]
     times = np.linspace(0.0, 1.0, e.calibration_times)
-    error_sums = make_error_sums(trainer, times)
+    error_sums = make_error_sums(setup, times)
     batches = input_pipeline.create_eval_iterator(
         config.data, global_batch_size=e.calibration_batch_size,
         split=e.calibration_split or None,
     )
     sums, count = np.zeros(len(times)), 0
     for index, batch in zip(range(e.calibration_batches), batches):
-        batch = sharding.host_local_to_global(batch, trainer.mesh)
+        batch = sharding.host_local_to_global(batch, setup.mesh)
         rng = jax.random.fold_in(jax.random.PRNGKey(e.seed), index)
         batch_sums, batch_count = error_sums(
             params, batch["image"], batch["label"], batch["mask"], rng

@@ -29,12 +29,13 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, config_lib, files, images, multihost, samplers, train
+from mcm_jax import checkpointing, config_lib, files, images, multihost, samplers
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
+from mcm_jax.run_setup import RunSetup, check_run_matches
 
 __all__ = ["default_eval_config", "evaluate", "sweep_settings", "validate"]
 
@@ -116,33 +117,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[Sample
     return settings
 
 
-def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Fails, naming the field, if `config` describes another network or method than the run."""
-    run = checkpointing.read_config(workdir)
-    fields = [f"model.{k}" for k in config.model if k not in train.ARCHITECTURE_EXEMPT]
-    fields += [f"schedule.{k}" for k in config.schedule]
-    fields += ["objective", "data.resolution", "ema_decays"]
-    if config.objective == "mcm":
-        fields.append("mcm.student_steps")
-    for field in fields:
-        ours, theirs = _get(config, field), _get(run, field)
-        if ours != theirs:
-            raise ValueError(
-                f"config.{field}: {ours!r} but the run in {workdir} has {theirs!r}; evaluate with "
-                "the run's config"
-            )
-
-
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    """The value at a dotted path (None if absent), sequences as tuples."""
-    node = config
-    for part in dotted.split("."):
-        if part not in node:
-            return None
-        node = node[part]
-    return tuple(node) if isinstance(node, (list, tuple)) else node
-
-
 def _agreed(value: int) -> int:
     """`value` as process 0 has it, so every process evaluates the same checkpoint."""
     if jax.process_count() == 1:
@@ -182,8 +156,8 @@ class _Job:
         e = config.eval
         self.config, self.settings, self.root = config, settings, root
         self.x_var_fn = load_x_var_table(e.x_var_table) if e.x_var_table else None
-        self.trainer = train.Trainer(config)
-        self.space = metrics.feature_space(config, self.trainer.mesh)
+        self.setup = RunSetup.create(config)
+        self.space = metrics.feature_space(config, self.setup.mesh)
         self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}
 
@@ -191,7 +165,7 @@ class _Job:
         self, ckpt: checkpointing.Checkpointer, step: int, max_chunks: int | None
     ) -> list[dict]:
         """Every setting of the sweep at checkpoint `step`; writes the sweep table and plot."""
-        ema = ckpt.restore_ema_params(step, self.trainer.abstract_state.ema_params)
+        ema = ckpt.restore_ema_params(step, self.setup.abstract_ema_params())
         params = ema[self.config.eval.ema_index]
         step_dir = self.root / f"step_{step:08d}"
         rows = []
@@ -207,12 +181,9 @@ class _Job:
 
     def _sampler(self, setting: SamplerSetting):
         if setting not in self._samplers:
-            c, t = self.config, self.trainer
-            self._samplers[setting] = sampling.make_batch_sampler(
-                t.model_fn, t.schedule, t.mesh, t.state_shardings.params,
-                setting=setting, image_shape=(c.model.resolution,) * 2 + (c.model.channels,),
-                num_classes=c.model.num_classes, null_label=config_lib.null_label(c),
-                seed=c.eval.seed, batch_size=c.eval.batch_size, x_var_fn=self.x_var_fn,
+            e = self.config.eval
+            self._samplers[setting] = self.setup.batch_sampler(
+                setting, seed=e.seed, batch_size=e.batch_size, x_var_fn=self.x_var_fn
             )
         return self._samplers[setting]
 

@@ -157,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     if mode == "train":
         from mcm_jax import train
 
-        train.train_and_evaluate(config, workdir)
+        train.train(config, workdir)
     else:
         from mcm_jax import evaluate
 

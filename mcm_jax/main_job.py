@@ -54,7 +54,7 @@ def run(
     teacher.ema_decays = (_ema_decay(teacher_steps),)
     teacher.eval.sweep_steps = teacher_sweep
     teacher.eval.sweep_methods = ("ddim", "addim")
-    train.train_and_evaluate(teacher, teacher_dir)
+    train.train(teacher, teacher_dir)
     evaluate.evaluate(teacher, teacher_dir)
     logging.info("teacher done after %.0f s", time.time() - start)
 
@@ -67,7 +67,7 @@ def run(
         student.mcm.anneal_iterations = student_steps
         student.training.update(num_steps=student_steps, checkpoint_every=student_steps, log_every=10)
         student.ema_decays = (_ema_decay(student_steps),)
-        train.train_and_evaluate(student, student_dir)
+        train.train(student, student_dir)
         evaluate.evaluate(student, student_dir)
         logging.info("student %s S=%d done after %.0f s", method, steps, time.time() - start)
 

@@ -34,7 +34,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, hardware, losses, sharding, train
+from mcm_jax import config_lib, hardware, losses, run_setup, sharding, train_step
 from mcm_jax.models import build
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 
@@ -69,10 +69,10 @@ def _per_device_bytes(tree, fsdp: int, min_size: int) -> int:
 def state_bytes(config: ml_collections.ConfigDict) -> StateBytes:
     """Exact per-device bytes of parameters, optimizer state, EMA and teacher for config.mesh."""
     model = build(config.model)
-    optimizer = train.make_optimizer(config)
+    optimizer = train_step.make_optimizer(config)
     state = jax.eval_shape(
-        lambda rng: train.create_train_state(
-            train.init_params(model, config, rng), optimizer, len(config.ema_decays)
+        lambda rng: train_step.create_train_state(
+            run_setup.init_params(model, config, rng), optimizer, len(config.ema_decays)
         ),
         jax.random.PRNGKey(0),
     )
@@ -90,8 +90,8 @@ def residual_bytes(config: ml_collections.ConfigDict, batch_size: int) -> int:
     residuals, under config.model.remat) for a batch of `batch_size`; nothing is computed."""
     model = build(config.model)
     model_fn = losses.make_model_fn(model.apply, config_lib.schedule_from_config(config))
-    loss_fn = train.make_loss_fn(config, model_fn, model_fn)
-    params = jax.eval_shape(lambda rng: train.init_params(model, config, rng), jax.random.PRNGKey(0))
+    loss_fn = train_step.make_loss_fn(config, model_fn, model_fn)
+    params = jax.eval_shape(lambda rng: run_setup.init_params(model, config, rng), jax.random.PRNGKey(0))
     teacher = params if config.objective == "mcm" else None
     m = config.model
     batch = {

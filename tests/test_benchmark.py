@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs import digits_mcm
-from mcm_jax import benchmark, models, train
+from mcm_jax import benchmark, models, train_step
 
 
 def test_benchmark_module_imports_no_tensorflow():
@@ -31,10 +31,10 @@ def test_benchmark_figures():
 def test_train_flops_count_every_forward_pass():
     config = digits_mcm.get_config("steps=2,method=cd,model=tiny")
     forward = models.flops_per_example(config.model, config.data.resolution)
-    assert train.train_flops_per_example(config) == pytest.approx(5 * forward)  # 3 + reference + teacher
+    assert train_step.train_flops_per_example(config) == pytest.approx(5 * forward)  # 3 + reference + teacher
     config.mcm.guidance_weight = 1.0
-    assert train.train_flops_per_example(config) == pytest.approx(6 * forward)
+    assert train_step.train_flops_per_example(config) == pytest.approx(6 * forward)
     config.mcm.method, config.mcm.guidance_weight = "ct", 0.0
-    assert train.train_flops_per_example(config) == pytest.approx(4 * forward)
+    assert train_step.train_flops_per_example(config) == pytest.approx(4 * forward)
     config.objective = "diffusion"
-    assert train.train_flops_per_example(config) == pytest.approx(3 * forward)
+    assert train_step.train_flops_per_example(config) == pytest.approx(3 * forward)

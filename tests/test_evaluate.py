@@ -13,6 +13,7 @@ from mcm_jax import calibrate, digits_classifier, evaluate, train
 from mcm_jax.datasets import digits_split
 from mcm_jax.eval import metrics, sampling
 from mcm_jax.eval.config import default_eval_config
+from mcm_jax.run_setup import RunSetup
 
 TEACHER_STEPS = 100
 
@@ -35,7 +36,7 @@ def _config(data_dir, **eval_fields):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, digits_data_dir):
     workdir = tmp_path_factory.mktemp("teacher")
-    train.train_and_evaluate(_config(digits_data_dir), str(workdir))
+    train.train(_config(digits_data_dir), str(workdir))
     return workdir
 
 
@@ -68,10 +69,10 @@ def test_exactly_n_distinct_samples_and_bit_exact_resume(tmp_path):
     the same bytes as an uninterrupted one, sampling only the missing chunks."""
     assert jax.device_count() == 8
     config = _config("unused")
-    trainer = train.Trainer(config)
-    params = trainer.init_state().ema_params[0]
+    setup = RunSetup.create(config)
+    params = train.Trainer(setup).init_state().ema_params[0]
     batch_sampler = sampling.make_batch_sampler(
-        trainer.model_fn, trainer.schedule, trainer.mesh, trainer.state_shardings.params,
+        setup.model_fn, setup.schedule, setup.mesh, setup.param_shardings,
         setting=sampling.SamplerSetting("ddim", 2), image_shape=(16, 16, 1), num_classes=10,
         null_label=10, seed=3, batch_size=8,
     )

@@ -12,6 +12,7 @@ import pytest
 
 from configs import digits_diffusion
 from mcm_jax import checkpointing, resume_config, train
+from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "--config=configs/digits_diffusion.py:model=tiny"
@@ -107,7 +108,7 @@ def test_no_restorable_step_is_one_message_and_moves_nothing(tmp_path, six_step_
     shutil.copytree(six_step_run, workdir)
     _flip_64_bytes(_largest_params_file(workdir, 6))
     _corrupt_recorded_checksum(workdir, 3)
-    abstract = train.Trainer(_config()).abstract_state
+    abstract = train.Trainer(RunSetup.create(_config())).abstract_state
     ckpt = checkpointing.Checkpointer(str(workdir))
     with pytest.raises(checkpointing.DamagedCheckpointError) as error:
         ckpt.restore_latest(abstract)
@@ -180,4 +181,4 @@ def test_divergence_before_the_first_save_says_so(tmp_path, digits_data_dir):
     config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up
     config.optimizer.warmup_steps = 4
     with pytest.raises(FloatingPointError, match="diverged before its first save"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train(config, str(tmp_path))

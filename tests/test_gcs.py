@@ -12,8 +12,9 @@ import pytest
 from etils import epath
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import calibrate, checkpointing, files, samplers, train
+from mcm_jax import calibrate, checkpointing, files, run_setup, samplers, train
 from mcm_jax.fid import inception, statistics, weights
+from mcm_jax.run_setup import RunSetup
 
 
 def _object_names(gcs_emulator, directory: epath.Path) -> list[str]:
@@ -95,7 +96,7 @@ def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     teacher_dir = str(gcs_dir / "teacher")
     teacher = digits_diffusion.get_config("model=tiny")
     teacher.ema_decays = (0.9, 0.99)
-    state = train.Trainer(teacher).init_state()
+    state = train.Trainer(RunSetup.create(teacher)).init_state()
     checkpointing.write_config(teacher_dir, teacher)
     ckpt = checkpointing.Checkpointer(teacher_dir)
     ckpt.save(7, state, data_state={"epoch": 0})
@@ -104,11 +105,13 @@ def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     names = _object_names(gcs_emulator, gcs_dir)
     assert "teacher/config.json" in names
     assert any(name.startswith("teacher/checkpoints/7/ema_params/") for name in names)
-    assert epath.Path(teacher_dir).is_dir()  # what train_and_evaluate checks before distilling
+    assert epath.Path(teacher_dir).is_dir()  # what train.train checks before distilling
 
     student = digits_mcm.get_config("steps=2,method=cd,model=tiny")
     student.teacher.update(workdir=teacher_dir, ema_index=1)
-    teacher_config = train.check_teacher_matches(student)  # reads config.json from gs://
+    teacher_config = run_setup.check_teacher_matches(student)  # reads config.json from gs://
     assert tuple(teacher_config.ema_decays) == (0.9, 0.99)
-    params = train.load_teacher(student, train.Trainer(student, teacher_config))
+    params = run_setup.load_teacher(
+        student, train.Trainer(RunSetup.create(student), teacher_config).abstract_teacher_params
+    )
     jax.tree.map(np.testing.assert_array_equal, params, state.ema_params[1])

@@ -10,6 +10,7 @@ import pytest
 
 from configs import digits_mcm
 from mcm_jax import memory, train
+from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +35,7 @@ def _shard_bytes(tree) -> int:
 @pytest.mark.parametrize("fsdp", [1, 2, 8])
 def test_state_bytes_equal_the_trainers_shards(fsdp):
     config = _config(fsdp)
-    trainer = train.Trainer(config)  # 8 CPU devices: the mesh the bytes are planned for
+    trainer = train.Trainer(RunSetup.create(config))  # 8 CPU devices: the mesh the bytes are planned for
     state = memory.state_bytes(config)
     abstract = trainer.abstract_state
     assert state.params == _shard_bytes(abstract.params)

@@ -14,6 +14,7 @@ import pytest
 
 from configs import digits_diffusion
 from mcm_jax import checkpointing, train
+from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -76,7 +77,7 @@ def _params(workdir):
     """(step, params, meta) of the latest checkpoint, restored onto this process's first device."""
     config = digits_diffusion.get_config("model=tiny")
     config.training.batch_size = 16
-    abstract = train.Trainer(config, devices=jax.devices()[:1]).abstract_state
+    abstract = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1])).abstract_state
     ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
     step = ckpt.latest_step()
     items, meta = ckpt.restore(step, abstract)

@@ -10,6 +10,7 @@ import pytest
 
 from configs import digits_diffusion
 from mcm_jax import checkpointing, train
+from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,14 +25,14 @@ def _config(fsdp):
 
 @pytest.mark.slow
 def test_state_restores_exactly_into_another_mesh(tmp_path):
-    eight = train.Trainer(_config(fsdp=2))
+    eight = train.Trainer(RunSetup.create(_config(fsdp=2)))
     state = eight.init_state()
     state = state.replace(step=state.step + 7)
     ckpt = checkpointing.Checkpointer(str(tmp_path), async_checkpointing=False)
     ckpt.save(7, state, {"epoch": 0})
     ckpt.close()
 
-    four = train.Trainer(_config(fsdp=4), devices=jax.devices()[:4])
+    four = train.Trainer(RunSetup.create(_config(fsdp=4), devices=jax.devices()[:4]))
     items, meta = checkpointing.Checkpointer(str(tmp_path), read_only=True).restore(
         7, four.abstract_state
     )
@@ -85,7 +86,7 @@ def test_eight_devices_resume_on_four_with_another_fsdp(tmp_path, digits_data_di
     ckpt_a = checkpointing.Checkpointer(str(straight), read_only=True)
     ckpt_b = checkpointing.Checkpointer(str(moved), read_only=True)
     assert ckpt_a.latest_step() == ckpt_b.latest_step() == 8
-    abstract = train.Trainer(_config(fsdp=1)).abstract_state
+    abstract = train.Trainer(RunSetup.create(_config(fsdp=1))).abstract_state
     items_a, meta_a = ckpt_a.restore(8, abstract)
     items_b, meta_b = ckpt_b.restore(8, abstract)
     before, _ = ckpt_a.restore(4, abstract)  # where both runs were when the mesh changed

@@ -66,7 +66,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, digits_data_dir):
     """2N steps straight equal N steps, SIGKILL at an arbitrary moment, and a restart to 2N."""
     steps, every = 40, 5
     straight = tmp_path / "straight"
-    train.train_and_evaluate(
+    train.train(
         _teacher_config(digits_data_dir, num_steps=steps, checkpoint_every=every), str(straight)
     )
 
@@ -114,7 +114,7 @@ def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
     """The diffusion loss falls well below its start; a CD student from that teacher trains."""
     teacher_dir = tmp_path / "teacher"
     config = _teacher_config(digits_data_dir, num_steps=250, checkpoint_every=250, log_every=10)
-    losses = _logged_losses(train.train_and_evaluate, config, teacher_dir)
+    losses = _logged_losses(train.train, config, teacher_dir)
     # Measured on this machine: 1.0 over steps 1-10 (warm-up: barely trained), 0.37 at step 200.
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -125,7 +125,7 @@ def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
     student.training.update(
         batch_size=32, num_steps=10, log_every=5, checkpoint_every=10, sample_every=10, sample_images=4
     )
-    student_losses = _logged_losses(train.train_and_evaluate, student, tmp_path / "student")
+    student_losses = _logged_losses(train.train, student, tmp_path / "student")
     assert len(student_losses) == 2 and all(np.isfinite(student_losses))
     assert (tmp_path / "student" / "samples_00000010.png").exists()
 
@@ -177,21 +177,21 @@ def _bad(config, **changes):
 def test_bad_configs_fail_before_compiling(tmp_path, changes, message):
     config = _bad(digits_diffusion.get_config("model=tiny"), **changes)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train(config, str(tmp_path))
 
 
 def test_missing_or_mismatched_teacher_fails_naming_the_field(tmp_path, digits_data_dir):
     student = digits_mcm.get_config("steps=2,model=tiny")
     student.teacher.workdir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.teacher.workdir: .* does not exist"):
-        train.train_and_evaluate(student, str(tmp_path / "student"))
+        train.train(student, str(tmp_path / "student"))
 
     teacher = digits_diffusion.get_config("model=digits")  # a different network
     teacher_dir = tmp_path / "teacher"
     checkpointing.write_config(str(teacher_dir), teacher)
     student.teacher.workdir = str(teacher_dir)
     with pytest.raises(ValueError, match=r"config.model.\w+: the student has"):
-        train.train_and_evaluate(student, str(tmp_path / "student"))
+        train.train(student, str(tmp_path / "student"))
 
 
 @pytest.mark.slow
@@ -200,7 +200,7 @@ def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digi
     config.optimizer.learning_rate = 1e38  # the first real update blows the parameters up
     config.optimizer.warmup_steps = 4
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train(config, str(tmp_path))
     ckpt = checkpointing.Checkpointer(str(tmp_path), read_only=True)
     steps = ckpt.all_steps()
     assert steps and max(steps) < 20

@@ -1,11 +1,14 @@
-"""The sharded train step: one device and 8 fake devices (data, and data × fsdp) agree."""
+"""The sharded train step: one device and 8 fake devices (data, and data × fsdp) agree; sample
+grids during training reuse the eval job's sampler, compiled once."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import config_lib, sharding, train
+from mcm_jax import config_lib, images, sharding, train
+from mcm_jax.eval import sampling
+from mcm_jax.run_setup import RunSetup
 
 BATCH = 16
 
@@ -39,7 +42,7 @@ def _batches(n):
 
 
 def _run(config, devices, steps=2):
-    trainer = train.Trainer(config, devices=devices)
+    trainer = train.Trainer(RunSetup.create(config, devices=devices))
     state = trainer.init_state()
     teacher = None
     if config.objective == "mcm":
@@ -52,7 +55,7 @@ def _run(config, devices, steps=2):
     losses = []
     for batch in _batches(steps):
         state, metrics = trainer.train_step(
-            state, sharding.host_local_to_global(batch, trainer.mesh), teacher
+            state, sharding.host_local_to_global(batch, trainer.setup.mesh), teacher
         )
         losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses, trainer
@@ -81,12 +84,38 @@ def test_sharded_step_matches_one_device(objective, method):
 
 def test_nonfinite_step_is_recorded_and_skipped():
     config = _config("diffusion")
-    trainer = train.Trainer(config, devices=jax.devices()[:1])
+    trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1]))
     state = trainer.init_state()
     before = jax.device_get(state.params)
     batch = _batches(1)[0]
     batch["image"][0, 0, 0, 0] = np.nan
-    state, metrics = trainer.train_step(state, sharding.host_local_to_global(batch, trainer.mesh), None)
+    batch = sharding.host_local_to_global(batch, trainer.setup.mesh)
+    state, metrics = trainer.train_step(state, batch, None)
     assert int(state.nonfinite_step) == 0 and not np.isfinite(float(metrics["loss"]))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "mcm"])
+def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatch):
+    """Every grid of a run calls one jitted eval-job sampler (compiled once, for 8 devices even
+    for 4 images) and shows the eval job's first samples at config.seed."""
+    built = []
+    make = sampling.make_batch_sampler
+    monkeypatch.setattr(
+        sampling, "make_batch_sampler", lambda *a, **k: built.append(make(*a, **k)) or built[-1]
+    )
+    config = _config(objective)
+    setup = RunSetup.create(config)
+    params = train.Trainer(setup).init_state().ema_params[0]
+    grid = train.grid_sampler(setup, 4)
+    first, second = grid(params), grid(jax.tree.map(lambda p: p * 1.0, params))
+    assert len(built) == 1 and built[0]._cache_size() == 1
+    assert first.shape == (4, 16, 16, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, second)
+
+    steps = config.mcm.student_steps if objective == "mcm" else config.training.sample_steps
+    method = "ddim" if objective == "mcm" else config.training.sample_method
+    setting = sampling.SamplerSetting(method, steps)
+    eval_batch = setup.batch_sampler(setting, seed=config.seed, batch_size=8)(params, 0)
+    np.testing.assert_array_equal(first, images.to_uint8(np.asarray(eval_batch)[:4]))

@@ -1,0 +1,190 @@
+"""What every job of a run builds from its config: mesh, model, schedule, model_fn, the sharded
+layout of the parameters, and the sampler over the mesh; no optimizer. Also the checks that a
+config describes the same network as a run on disk (a teacher, or the run being evaluated) and
+the loading of a teacher's parameters, shared by the train and eval jobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh
+
+from mcm_jax import checkpointing, config_lib, losses, samplers, sharding
+from mcm_jax.eval import sampling
+from mcm_jax.models import build
+from mcm_jax.schedules import Schedule
+
+Params = Any
+
+# Model fields that change how a network computes or trains, not which parameters it has.
+ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "middle_dropout", "name")
+
+
+def model_inputs(config: ml_collections.ConfigDict, batch_size: int):
+    """Dummy (z, logsnr, label) of the model's input shapes, for init and eval_shape."""
+    m = config.model
+    z = jnp.zeros((batch_size, m.resolution, m.resolution, m.channels), jnp.float32)
+    return z, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
+
+
+def init_params(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> Params:
+    return model.init({"params": rng}, *model_inputs(config, 1), train=False)["params"]
+
+
+def abstract_params(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh) -> Params:
+    """ShapeDtypeStructs of `model`'s parameters with their shardings over `mesh`: what
+    checkpoints restore into."""
+    shapes = jax.eval_shape(lambda r: init_params(model, config, r), jax.random.PRNGKey(config.seed))
+    shardings = sharding.tree_shardings(shapes, mesh, config.mesh.fsdp_min_size)
+    return checkpointing.abstract_like(shapes, shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """The pieces of a run that need no optimizer: enough to sample, score or calibrate."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    model: nn.Module
+    schedule: Schedule
+    model_fn: losses.ModelFn
+    abstract_params: Params  # ShapeDtypeStructs carrying their NamedShardings
+
+    @classmethod
+    def create(cls, config: ml_collections.ConfigDict, devices: list | None = None) -> RunSetup:
+        """Validates `config` for the devices (default: all) and builds the run's pieces."""
+        devices = jax.devices() if devices is None else devices
+        config_lib.validate(config, num_devices=len(devices))
+        mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        model = build(config.model)
+        schedule = config_lib.schedule_from_config(config)
+        return cls(
+            config=config, mesh=mesh, model=model, schedule=schedule,
+            model_fn=losses.make_model_fn(model.apply, schedule),
+            abstract_params=abstract_params(model, config, mesh),
+        )
+
+    @property
+    def param_shardings(self) -> Any:
+        return jax.tree.map(lambda a: a.sharding, self.abstract_params)
+
+    def abstract_ema_params(self) -> tuple[Params, ...]:
+        """The restore target of a checkpoint's EMA parameter sets."""
+        return (self.abstract_params,) * len(self.config.ema_decays)
+
+    def batch_sampler(
+        self,
+        setting: sampling.SamplerSetting,
+        *,
+        seed: int,
+        batch_size: int,
+        x_var_fn: samplers.XVarFn | None = None,
+    ):
+        """The jitted `sample_batch(params, first_index)` of eval.sampling for this run's model
+        and mesh: build it once and call it for every batch, so it compiles once."""
+        m = self.config.model
+        return sampling.make_batch_sampler(
+            self.model_fn, self.schedule, self.mesh, self.param_shardings,
+            setting=setting, image_shape=(m.resolution, m.resolution, m.channels),
+            num_classes=m.num_classes, null_label=config_lib.null_label(self.config),
+            seed=seed, batch_size=batch_size, x_var_fn=x_var_fn,
+        )
+
+
+def check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
+    """config.teacher.workdir must be an existing directory."""
+    workdir = epath.Path(config.teacher.workdir)
+    if not workdir.exists():
+        raise ValueError(f"config.teacher.workdir: {str(workdir)!r} does not exist")
+    if not workdir.is_dir():
+        raise ValueError(
+            f"config.teacher.workdir: {str(workdir)!r} is a file; give a diffusion run's workdir"
+        )
+
+
+def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Reads the teacher's config and fails, naming the field, if it is not a diffusion run or
+    its network differs."""
+    workdir = config.teacher.workdir
+    try:
+        teacher_config = checkpointing.read_config(workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.teacher.workdir: {e}") from None
+    if teacher_config.get("objective") != "diffusion":
+        raise ValueError(
+            f"config.teacher.workdir: {workdir} holds a run with objective "
+            f"{teacher_config.get('objective')!r}; a teacher is a run with objective 'diffusion'"
+        )
+    for key, value in config.model.items():
+        if key in ARCHITECTURE_EXEMPT:
+            continue
+        teacher_value = teacher_config.model.get(key)
+        if teacher_value is None or tuple(np.atleast_1d(teacher_value)) != tuple(np.atleast_1d(value)):
+            raise ValueError(
+                f"config.model.{key}: the student has {value!r} but the teacher in "
+                f"{config.teacher.workdir} has {teacher_value!r}; students start from the teacher's "
+                "weights, so the networks must match"
+            )
+    if teacher_config.data.resolution != config.data.resolution:
+        raise ValueError(
+            f"config.data.resolution: {config.data.resolution} differs from the teacher's "
+            f"{teacher_config.data.resolution}"
+        )
+    return teacher_config
+
+
+def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Fails, naming the field, if `config` describes another network or method than the run."""
+    run = checkpointing.read_config(workdir)
+    fields = [f"model.{k}" for k in config.model if k not in ARCHITECTURE_EXEMPT]
+    fields += [f"schedule.{k}" for k in config.schedule]
+    fields += ["objective", "data.resolution", "ema_decays"]
+    if config.objective == "mcm":
+        fields.append("mcm.student_steps")
+    for field in fields:
+        ours, theirs = _get(config, field), _get(run, field)
+        if ours != theirs:
+            raise ValueError(
+                f"config.{field}: {ours!r} but the run in {workdir} has {theirs!r}; evaluate with "
+                "the run's config"
+            )
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    """The value at a dotted path (None if absent), sequences as tuples."""
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            return None
+        node = node[part]
+    return tuple(node) if isinstance(node, (list, tuple)) else node
+
+
+def load_teacher(config: ml_collections.ConfigDict, abstract_teacher_params: Params) -> Params:
+    """The teacher's EMA parameters (config.teacher), restored into `abstract_teacher_params`'s
+    shapes and shardings."""
+    t = config.teacher
+    teacher_config = checkpointing.read_config(t.workdir)
+    ckpt = checkpointing.Checkpointer(t.workdir, read_only=True)
+    try:
+        step = checkpointing.resolve_step(ckpt, t.step, t.workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.teacher.workdir: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"config.teacher.step: {e}") from None
+    num_ema = len(teacher_config.ema_decays)
+    if t.ema_index >= num_ema:
+        raise ValueError(
+            f"config.teacher.ema_index: {t.ema_index} but the teacher has {num_ema} EMA parameter sets"
+        )
+    ema = ckpt.restore_ema_params(step, (abstract_teacher_params,) * num_ema)
+    ckpt.close()
+    return ema[t.ema_index]
