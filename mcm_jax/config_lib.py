@@ -103,8 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg: str, **defaults) -> dict:
-    """Parses a config argument string 'a=1,b=x' over `defaults`; unknown keys are an error."""
+def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
+    """Parses a config argument string 'a=1,b=x' over `defaults`, each value cast to its default's
+    type (bool from true/false/1/0, as big_vision's `parse_arg`); unknown keys are an error."""
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
@@ -112,8 +113,23 @@ def parse_arg(arg: str, **defaults) -> dict:
             raise ValueError(
                 f"config argument {item!r}: expected key=value with key in {sorted(defaults)}"
             )
-        values[key] = value
+        values[key] = _cast_arg(key, value, defaults[key])
     return values
+
+
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+_EXPECTED = {bool: "true, false, 1 or 0", int: "an int", float: "a float", str: "a str"}
+
+
+def _cast_arg(key: str, value: str, default: bool | int | float | str) -> bool | int | float | str:
+    """`value` as the type of `default`; a ValueError names `key` and the type expected."""
+    kind = type(default)
+    if kind not in _EXPECTED:
+        raise TypeError(f"config argument {key}: default {default!r} is not one of {list(_EXPECTED)}")
+    try:
+        return _BOOLS[value.lower()] if kind is bool else kind(value)
+    except (KeyError, ValueError):
+        raise ValueError(f"config argument {key}={value!r}: expected {_EXPECTED[kind]}") from None
 
 
 def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
