@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 
 import ml_collections
+from flax import traverse_util
 
 from mcm_jax import losses
 from mcm_jax.data_config import default_data_config
@@ -130,6 +131,13 @@ def _cast_arg(key: str, value: str, default: bool | int | float | str) -> bool |
         return _BOOLS[value.lower()] if kind is bool else kind(value)
     except (KeyError, ValueError):
         raise ValueError(f"config argument {key}={value!r}: expected {_EXPECTED[kind]}") from None
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """Every field as {"optimizer.learning_rate": 1e-4, ...} for `write_hparams`, which takes only
+    scalars: nested fields get dotted keys, and other values (tuples, None) their `str`."""
+    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
 def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:

@@ -284,3 +284,14 @@ def test_paper_ablation_overrides_validate(name, arg, overrides):
         for i in (0, 50_000, 200_000):
             steps = losses.teacher_steps_at(i, m.teacher_steps_start, m.teacher_steps_end, m.anneal_iterations)
             assert float(steps) == pytest.approx(n)
+
+
+def test_flat_hparams_keeps_every_field_as_a_scalar():
+    config = get_config("digits_mcm", "model=tiny")
+    hparams = config_lib.flat_hparams(config)
+    assert hparams["optimizer.learning_rate"] == config.optimizer.learning_rate
+    assert hparams["mcm.student_steps"] == 8 and hparams["objective"] == "mcm"
+    assert hparams["ema_decays"] == str(tuple(config.ema_decays))
+    assert all(isinstance(v, (bool, int, float, str)) for v in hparams.values())
+    assert hparams["model.level_channels"] == str(tuple(config.model.level_channels))
+    assert hparams["data.data_dir"] == "None" and hparams["data.resolution"] == 16
