@@ -28,7 +28,7 @@ SIZES = ("small", "large")
 
 def choice(args: dict, key: str, allowed: tuple[str, ...]) -> str:
     """The config argument `key`, checked against `allowed`."""
-    value = str(args[key])
+    value = args[key]
     if value not in allowed:
         raise ValueError(f"config argument {key}={value!r}: expected one of {', '.join(allowed)}")
     return value

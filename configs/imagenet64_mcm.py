@@ -28,10 +28,9 @@ METHODS = ("cd", "ct")
 def student_args(arg: str, **defaults) -> dict:
     """Parses `steps=S,method=cd|ct` plus `defaults`' keys; `steps` comes back as an int."""
     args = config_lib.parse_arg(arg, steps=8, method="cd", **defaults)
-    steps = str(args["steps"])
-    if not (steps.isdigit() and int(steps) >= 1):
-        raise ValueError(f"config argument steps={steps!r}: expected an integer >= 1")
-    return {**args, "steps": int(steps), "method": choice(args, "method", METHODS)}
+    if args["steps"] < 1:
+        raise ValueError(f"config argument steps={args['steps']}: expected an integer >= 1")
+    return {**args, "method": choice(args, "method", METHODS)}
 
 
 def make_student(config, steps: int, method: str):

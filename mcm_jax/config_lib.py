@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 
 import ml_collections
+from flax import traverse_util
 
 from mcm_jax import losses
 from mcm_jax.data_config import default_data_config
@@ -103,8 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg: str, **defaults) -> dict:
-    """Parses a config argument string 'a=1,b=x' over `defaults`; unknown keys are an error."""
+def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
+    """Parses a config argument string 'a=1,b=x' over `defaults`, each value cast to its default's
+    type (bool from true/false/1/0, as big_vision's `parse_arg`); unknown keys are an error."""
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
@@ -112,8 +114,30 @@ def parse_arg(arg: str, **defaults) -> dict:
             raise ValueError(
                 f"config argument {item!r}: expected key=value with key in {sorted(defaults)}"
             )
-        values[key] = value
+        values[key] = _cast_arg(key, value, defaults[key])
     return values
+
+
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+_EXPECTED = {bool: "true, false, 1 or 0", int: "an int", float: "a float", str: "a str"}
+
+
+def _cast_arg(key: str, value: str, default: bool | int | float | str) -> bool | int | float | str:
+    """`value` as the type of `default`; a ValueError names `key` and the type expected."""
+    kind = type(default)
+    if kind not in _EXPECTED:
+        raise TypeError(f"config argument {key}: default {default!r} is not one of {list(_EXPECTED)}")
+    try:
+        return _BOOLS[value.lower()] if kind is bool else kind(value)
+    except (KeyError, ValueError):
+        raise ValueError(f"config argument {key}={value!r}: expected {_EXPECTED[kind]}") from None
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """Every field as {"optimizer.learning_rate": 1e-4, ...} for `write_hparams`, which takes only
+    scalars: nested fields get dotted keys, and other values (tuples, None) their `str`."""
+    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
 def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:

@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from absl import logging
 from etils import epath
+from flax import traverse_util
 
 from mcm_jax import files
 from mcm_jax.datasets import digits_split
-from mcm_jax.fid.weights import flatten_params, unflatten_params
 
 VERSION = 1
 FEATURE_DIM = 64
@@ -131,7 +131,8 @@ def cache_path(data_dir: str | None, resolution: int) -> epath.Path:
 
 
 def _save(path: epath.Path, classifier: DigitsClassifier) -> None:
-    params = {f"params/{k}": np.asarray(v) for k, v in flatten_params(classifier.params).items()}
+    flat = traverse_util.flatten_dict({"params": classifier.params}, sep="/")
+    params = {name: np.asarray(value) for name, value in flat.items()}
     # Atomic: concurrent jobs never read half a file.
     files.save_npz(path, test_accuracy=np.float64(classifier.test_accuracy), **params)
 
@@ -140,7 +141,7 @@ def _load(path: epath.Path, resolution: int) -> DigitsClassifier:
     with files.open_npz(path) as archive:
         flat = {k.removeprefix("params/"): archive[k] for k in archive.files if "/" in k}
         accuracy = float(archive["test_accuracy"])
-    return DigitsClassifier(unflatten_params(flat), resolution, accuracy)
+    return DigitsClassifier(traverse_util.unflatten_dict(flat, sep="/"), resolution, accuracy)
 
 
 def load_or_train(data_dir: str | None, resolution: int) -> DigitsClassifier:

@@ -13,12 +13,11 @@ two-sample noise floor.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
-import sys
 import time
+from collections.abc import Sequence
 from typing import Callable
 
 import flax.linen as nn
@@ -27,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.stats
+from absl import app, flags
 from etils import epath
 
-from mcm_jax import losses, samplers
+from mcm_jax import cli, losses, samplers
 from mcm_jax.mixture import GaussianMixture
 from mcm_jax.models.layers import logsnr_fourier_features
 from mcm_jax.schedules import Schedule, get_schedule
@@ -285,43 +285,48 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The CLI flags; their defaults are ExperimentConfig's."""
-    defaults = ExperimentConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrain_steps", type=int, default=defaults.pretrain_steps)
-    parser.add_argument("--train_steps", type=int, default=defaults.train_steps,
-                        help="consistency training steps per (method, S)")
-    parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
-    parser.add_argument("--steps", type=int, nargs="+", default=list(defaults.student_steps),
-                        help="student step counts S")
-    parser.add_argument("--methods", nargs="+", choices=losses.METHODS,
-                        default=list(defaults.methods))
-    parser.add_argument("--num_samples", type=int, default=defaults.num_samples)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--output", help="write the results as JSON to this path")
-    return parser.parse_args(argv)
+_DEFAULTS = ExperimentConfig()
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli); defaults are ExperimentConfig's
+flags.DEFINE_integer("pretrain_steps", _DEFAULTS.pretrain_steps, "teacher pretraining steps",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("train_steps", _DEFAULTS.train_steps,
+                     "consistency training steps per (method, S)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "examples per step", flag_values=FLAGS)
+flags.DEFINE_list("steps", [str(s) for s in _DEFAULTS.student_steps],
+                  "student step counts S, comma-separated", flag_values=FLAGS)
+flags.register_validator("steps", lambda steps: all(s.isdigit() and int(s) >= 1 for s in steps),
+                         "--steps: expected integers >= 1, e.g. --steps=1,8", flag_values=FLAGS)
+flags.DEFINE_list("methods", list(_DEFAULTS.methods),
+                  f"methods, comma-separated, of {losses.METHODS}", flag_values=FLAGS)
+flags.register_validator("methods", lambda methods: set(methods) <= set(losses.METHODS),
+                         f"--methods: expected some of {losses.METHODS}", flag_values=FLAGS)
+flags.DEFINE_integer("num_samples", _DEFAULTS.num_samples, "samples per sampler",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "the experiment's seed", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "write the results as JSON to this path", flag_values=FLAGS)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str]) -> None:
+    """Runs the experiment and prints its table; `argv` is the command line, program name first."""
+    if len(FLAGS(argv)) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     config = ExperimentConfig(
-        pretrain_steps=args.pretrain_steps,
-        train_steps=args.train_steps,
-        batch_size=args.batch_size,
-        student_steps=tuple(args.steps),
-        methods=tuple(args.methods),
-        num_samples=args.num_samples,
-        seed=args.seed,
+        pretrain_steps=FLAGS.pretrain_steps,
+        train_steps=FLAGS.train_steps,
+        batch_size=FLAGS.batch_size,
+        student_steps=tuple(int(s) for s in FLAGS.steps),
+        methods=tuple(FLAGS.methods),
+        num_samples=FLAGS.num_samples,
+        seed=FLAGS.seed,
     )
     start = time.perf_counter()
     results = run_experiment(config)
     print(format_table(results))
     print(f"Total wall time: {time.perf_counter() - start:.1f}s")
-    if args.output:
+    if FLAGS.output:
         output = {"config": dataclasses.asdict(config), **results}
-        epath.Path(args.output).write_text(json.dumps(output, indent=2))
+        epath.Path(FLAGS.output).write_text(json.dumps(output, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, FLAGS)

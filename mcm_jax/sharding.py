@@ -12,21 +12,27 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> Mesh:
-    """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
+    """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves.
+
+    `jax.make_mesh` orders the devices by the physical topology (rings on TPU); the axes stay
+    `Auto` (make_mesh's default is `Explicit`) so shardings propagate as they always have.
+    """
     devices = jax.devices() if devices is None else devices
     if fsdp < 1 or len(devices) % fsdp:
         raise ValueError(f"mesh fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices")
     data = len(devices) // fsdp if data == -1 else data
     if data * fsdp != len(devices):
         raise ValueError(f"mesh data={data} × fsdp={fsdp} must equal the {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+    return jax.make_mesh(
+        (data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -208,6 +208,33 @@ def test_bad_arguments_fail_naming_the_key(name, arg, key):
         get_config(name, arg)
 
 
+def test_parse_arg_casts_to_the_defaults_types():
+    defaults = dict(steps=8, scale=1.0, flip=False, name="cd")
+    args = config_lib.parse_arg("steps=4,scale=2.5,flip=True,name=ct", **defaults)
+    assert args == dict(steps=4, scale=2.5, flip=True, name="ct")
+    assert type(args["steps"]) is int and type(args["scale"]) is float
+    assert config_lib.parse_arg("", **defaults) == defaults
+    assert [config_lib.parse_arg(f"flip={v}", flip=True)["flip"] for v in ("false", "0", "1")] == [
+        False,
+        False,
+        True,
+    ]
+
+
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("steps=two", r"steps='two': expected an int"),
+        ("steps=1.5", r"steps='1.5': expected an int"),
+        ("scale=big", r"scale='big': expected a float"),
+        ("flip=yes", r"flip='yes': expected true, false, 1 or 0"),
+    ],
+)
+def test_parse_arg_errors_name_the_argument_and_type(arg, match):
+    with pytest.raises(ValueError, match=match):
+        config_lib.parse_arg(arg, steps=8, scale=1.0, flip=False)
+
+
 @pytest.mark.parametrize("pools,match", [(5, "divisible by 32"), (-1, "integer >= 0")])
 def test_bad_multiscale_pools_fail_naming_the_field(pools, match):
     config = get_config("digits_diffusion", "model=tiny")  # 16 px
@@ -257,3 +284,14 @@ def test_paper_ablation_overrides_validate(name, arg, overrides):
         for i in (0, 50_000, 200_000):
             steps = losses.teacher_steps_at(i, m.teacher_steps_start, m.teacher_steps_end, m.anneal_iterations)
             assert float(steps) == pytest.approx(n)
+
+
+def test_flat_hparams_keeps_every_field_as_a_scalar():
+    config = get_config("digits_mcm", "model=tiny")
+    hparams = config_lib.flat_hparams(config)
+    assert hparams["optimizer.learning_rate"] == config.optimizer.learning_rate
+    assert hparams["mcm.student_steps"] == 8 and hparams["objective"] == "mcm"
+    assert hparams["ema_decays"] == str(tuple(config.ema_decays))
+    assert all(isinstance(v, (bool, int, float, str)) for v in hparams.values())
+    assert hparams["model.level_channels"] == str(tuple(config.model.level_channels))
+    assert hparams["data.data_dir"] == "None" and hparams["data.resolution"] == 16

@@ -207,7 +207,7 @@ def test_convert_command_writes_npz_and_sha256_without_torch(
     pth.write_bytes(b"read by read_pth_state_dict, replaced here")
     monkeypatch.setattr(convert, "read_pth_state_dict", lambda path: state_dict)
     output = tmp_path / "out" / "fid_inception.npz"
-    convert.main(["--input", str(pth), "--output", str(output)])
+    convert.main(["convert", "--input", str(pth), "--output", str(output)])
     sha256 = weights.file_sha256(output)
     assert sha256 in capsys.readouterr().out
     assert weights.sidecar_path(output).read_text().split()[0] == sha256

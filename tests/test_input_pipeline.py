@@ -174,7 +174,7 @@ def test_digits_builder_offline(digits_config):
 
 
 def test_prepare_command_builds_other_digits_configs(tmp_path, capsys):
-    prepare.main(["digits/8x8", f"--data_dir={tmp_path}"])
+    prepare.main(["prepare", "digits/8x8", f"--data_dir={tmp_path}"])
     assert "train: 1438, test: 359" in capsys.readouterr().out
     data = tfds.as_numpy(
         tfds.builder("digits/8x8", data_dir=str(tmp_path)).as_dataset("test", batch_size=-1)

@@ -11,7 +11,7 @@ from mcm_jax.mixture_experiment import SCHEDULE, ExperimentConfig, MixtureMLP
 
 # A shortened run of the CLI (S = 1 and 8 only, fewer steps and samples than the documented run).
 SHORT_RUN = [
-    "--pretrain_steps", "2000", "--train_steps", "1500", "--steps", "1", "8",
+    "mixture_experiment", "--pretrain_steps", "2000", "--train_steps", "1500", "--steps", "1,8",
     "--num_samples", "10000", "--seed", "0",
 ]
 

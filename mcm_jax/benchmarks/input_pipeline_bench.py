@@ -9,14 +9,17 @@ leaves out reading records from disk or GCS. Prints examples per CPU-second of t
 TF threads), which is the per-core rate even on a shared machine, and the wall-clock rate.
 """
 
-import argparse
 import io
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
+
+from mcm_jax import cli
 
 # (height, width) of ImageNet train images and how often they occur, roughly.
 _SHAPES = [((375, 500), 0.40), ((500, 375), 0.15), ((333, 500), 0.15), ((500, 333), 0.05),
@@ -39,22 +42,25 @@ def _synthetic_jpegs(rng: np.random.Generator) -> list[bytes]:
     return jpegs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
-    args = parser.parse_args()
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+flags.DEFINE_integer("resolution", 64, "image side in pixels", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 256, "examples per batch", flag_values=FLAGS)
+flags.DEFINE_integer("batches", 20, "timed batches", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 3, "untimed batches first", flag_values=FLAGS)
 
-    import tensorflow as tf  # after argparse: --help stays fast
+
+def main(argv: Sequence[str]) -> None:
+    """Times the pipeline and prints its rates; `argv` is the command line, program name first."""
+    if len(FLAGS(argv)) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+    import tensorflow as tf  # after parsing: --help stays fast
     import tensorflow_datasets as tfds
 
     from mcm_jax import input_pipeline
     from mcm_jax.datasets.tfds_mock import write_tfds_metadata
 
     jpegs = _synthetic_jpegs(np.random.default_rng(0))
-    epoch_size = 16 * args.batch_size
+    epoch_size = 16 * FLAGS.batch_size
 
     def as_dataset(builder, *unused_args, **unused_kwargs) -> tf.data.Dataset:
         pool = tf.constant(jpegs)
@@ -67,28 +73,28 @@ def main() -> None:
         )
 
     config = input_pipeline.default_data_config("imagenet2012")
-    config.resolution = args.resolution
+    config.resolution = FLAGS.resolution
     with tempfile.TemporaryDirectory() as data_dir:
         config.data_dir = data_dir
         write_tfds_metadata(data_dir, "imagenet2012", {"train": epoch_size})
         with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
             batches = input_pipeline.create_train_iterator(
-                config, global_batch_size=args.batch_size, seed=0, process_index=0, process_count=1
+                config, global_batch_size=FLAGS.batch_size, seed=0, process_index=0, process_count=1
             )
-            for _ in range(args.warmup):
+            for _ in range(FLAGS.warmup):
                 next(batches)
             start_wall, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.batches):
+            for _ in range(FLAGS.batches):
                 next(batches)
             wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
 
-    examples = args.batches * args.batch_size
+    examples = FLAGS.batches * FLAGS.batch_size
     cores = len(os.sched_getaffinity(0))
     mean_kb = np.mean([len(j) for j in jpegs]) / 1e3
     width, height = np.mean([Image.open(io.BytesIO(j)).size for j in jpegs], axis=0)
     print(
-        f"imagenet2012 {args.resolution}px training pipeline on mocked JPEGs (mean {height:.0f}x"
-        f"{width:.0f} px, {mean_kb:.0f} kB), batch {args.batch_size}:\n"
+        f"imagenet2012 {FLAGS.resolution}px training pipeline on mocked JPEGs (mean {height:.0f}x"
+        f"{width:.0f} px, {mean_kb:.0f} kB), batch {FLAGS.batch_size}:\n"
         f"  {examples / cpu:.0f} examples per CPU-second (examples/s per fully used core)\n"
         f"  {examples / wall:.0f} examples/s wall clock on {cores} cores "
         f"({cpu / wall:.2f} cores busy on average)"
@@ -96,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, FLAGS)

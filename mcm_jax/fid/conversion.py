@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from flax import traverse_util
 
 from mcm_jax.fid import inception, weights
 
@@ -40,7 +41,7 @@ def convert_pytorch_fid_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
     # Flax "Mixed_5b/branch1x1/conv/kernel" <- torch "Mixed_5b.branch1x1.{conv,bn}.*"
     conv_names = [
         name.removesuffix("/kernel")
-        for name in weights.flatten_params(inception.param_shapes())
+        for name in traverse_util.flatten_dict(inception.param_shapes(), sep="/")
         if name.endswith("/kernel")
     ]
     prefixes = {".".join(name.split("/")[:-1]): name for name in conv_names}
@@ -61,6 +62,6 @@ def convert_pytorch_fid_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
     flat = {}
     for prefix, conv_name in prefixes.items():
         flat[f"{conv_name}/kernel"], flat[f"{conv_name}/bias"] = _fold_batchnorm(state_dict, prefix)
-    params = weights.unflatten_params(flat)
+    params = traverse_util.unflatten_dict(flat, sep="/")
     weights.check_param_shapes(params)
     return params

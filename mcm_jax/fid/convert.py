@@ -10,13 +10,14 @@ through etils.epath, so either may be on gs://.
 
 from __future__ import annotations
 
-import argparse
 import io
+from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
 from etils import epath
 
-from mcm_jax import files
+from mcm_jax import cli, files
 from mcm_jax.fid import conversion, weights
 
 
@@ -39,18 +40,25 @@ def convert_file(state_dict: dict[str, np.ndarray], output: epath.PathLike) -> s
     return weights.save_params(conversion.convert_pytorch_fid_state_dict(state_dict), output)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert pytorch-fid's Inception .pth to .npz.")
-    parser.add_argument("--input", type=epath.Path, required=True,
-                        help=f"pytorch-fid weights, from {weights.PYTORCH_FID_WEIGHTS_URL}")
-    parser.add_argument("--output", type=epath.Path, required=True, help="the .npz to write")
-    args = parser.parse_args(argv)
-    if not files.is_file(args.input):
-        raise SystemExit(f"--input: no file at {args.input}; download it with\n"
+FLAGS = flags.FlagValues()  # this command's own: importing the module defines no global flags
+flags.DEFINE_string(
+    "input", None, f"pytorch-fid weights, from {weights.PYTORCH_FID_WEIGHTS_URL}",
+    flag_values=FLAGS, required=True,
+)
+flags.DEFINE_string("output", None, "the .npz to write", flag_values=FLAGS, required=True)
+
+
+def main(argv: Sequence[str]) -> None:
+    """Converts --input to --output; `argv` is the command line, program name first."""
+    if len(FLAGS(argv)) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}; use --input and --output")
+    source, output = epath.Path(FLAGS.input), epath.Path(FLAGS.output)
+    if not files.is_file(source):
+        raise SystemExit(f"--input: no file at {source}; download it with\n"
                          f"  {weights.DOWNLOAD_COMMAND}")
-    sha256 = convert_file(read_pth_state_dict(args.input), args.output)
-    print(f"wrote {args.output}\nSHA-256 {sha256} (also in {weights.sidecar_path(args.output)})")
+    sha256 = convert_file(read_pth_state_dict(source), output)
+    print(f"wrote {output}\nSHA-256 {sha256} (also in {weights.sidecar_path(output)})")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, FLAGS)

@@ -199,7 +199,7 @@ class InceptionV3(nn.Module):
 def param_shapes() -> dict:
     """The parameter pytree's structure as ShapeDtypeStructs (nothing is allocated; cached)."""
     images = jax.ShapeDtypeStruct((1, INCEPTION_RESOLUTION, INCEPTION_RESOLUTION, 3), jnp.float32)
-    return jax.eval_shape(InceptionV3().init, jax.random.key(0), images)["params"]
+    return jax.eval_shape(InceptionV3().init, jax.random.PRNGKey(0), images)["params"]
 
 
 def _torch_bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

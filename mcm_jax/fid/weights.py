@@ -14,9 +14,9 @@ import io
 import re
 import zipfile
 
-import jax
 import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from mcm_jax import files
 from mcm_jax.fid import inception
@@ -57,8 +57,8 @@ def file_sha256(path: epath.PathLike) -> str:
 
 def check_param_shapes(params: dict) -> None:
     """Raise, naming the parameters, unless `params` has InceptionV3's structure and shapes."""
-    expected = flatten_params(inception.param_shapes())
-    actual = flatten_params(params)
+    expected = traverse_util.flatten_dict(inception.param_shapes(), sep="/")
+    actual = traverse_util.flatten_dict(params, sep="/")
     missing = sorted(set(expected) - set(actual))
     unexpected = sorted(set(actual) - set(expected))
     wrong = sorted(
@@ -79,7 +79,7 @@ def save_params(params: dict, path: epath.PathLike) -> str:
     path = epath.Path(path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, value in sorted(flatten_params(params).items()):
+        for name, value in sorted(traverse_util.flatten_dict(params, sep="/").items()):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
             with archive.open(info, "w", force_zip64=True) as member:
                 array = np.ascontiguousarray(value, dtype=np.float32)
@@ -149,26 +149,6 @@ def _read_npz(path: epath.Path, data: bytes) -> dict:
         if not isinstance(value, np.ndarray) or value.dtype != np.float32:
             kind = value.dtype if isinstance(value, np.ndarray) else "a non-array member"
             raise ValueError(f"{path}: {name!r} is {kind}; expected a float32 array")
-    params = unflatten_params(flat)
+    params = traverse_util.unflatten_dict(flat, sep="/")
     check_param_shapes(params)
     return params
-
-
-def flatten_params(tree: dict) -> dict:
-    """{"Mixed_5b/branch1x1/conv/kernel": array, ...} from the nested params."""
-    return {
-        "/".join(entry.key for entry in path): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def unflatten_params(flat: dict) -> dict:
-    """The inverse of flatten_params."""
-    tree: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return tree

@@ -24,7 +24,7 @@ def param_count(config: ml_collections.ConfigDict, resolution: int) -> int:
     def init():
         z = jnp.zeros((1, resolution, resolution, config.channels), jnp.float32)
         ones = jnp.ones((1,), jnp.float32)
-        return model.init(jax.random.key(0), z, ones, ones.astype(jnp.int32), train=False)
+        return model.init(jax.random.PRNGKey(0), z, ones, ones.astype(jnp.int32), train=False)
 
     shapes = jax.eval_shape(init)
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
