@@ -177,9 +177,7 @@ def _train_loop(
     writer = multihost.metric_writer(workdir, asynchronous=True)
     if step == 0 and is_chief:
         parameter_overview.log_parameter_overview(state.params)
-        writer.write_hparams(
-            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        )
+        writer.write_hparams(config_lib.flat_hparams(config))
     data = input_pipeline.create_train_iterator(
         config.data, global_batch_size=t.batch_size, seed=config.seed, state=data_state
     )
