@@ -40,15 +40,17 @@ class DamagedCheckpointError(ValueError):
 
 def _drop_reports_of_abandoned_reads() -> None:
     """When a restore fails, the reads it still had in flight finish later: they find its event
-    loop closed (an unraisable RuntimeError, printed with a traceback) and leave futures whose
-    error nobody retrieves (logged by asyncio, with a traceback, when they are collected). The
+    loop closed (an unraisable RuntimeError, printed with a traceback) and leave futures and tasks
+    whose error nobody retrieves (logged by asyncio, with a traceback, when they are collected). The
     failure itself reaches the caller once, as an exception; those two reports, and only those,
     are dropped from the first restore on."""
     if getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
         return
     sys.unraisablehook = _dropping_closed_loop_reports(sys.unraisablehook)
     std_logging.getLogger("asyncio").addFilter(
-        lambda record: not record.getMessage().startswith("Future exception was never retrieved")
+        lambda record: not record.getMessage().startswith(
+            ("Future exception was never retrieved", "Task exception was never retrieved")
+        )
     )
 
 
