@@ -20,12 +20,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
+from mcm_jax import files
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
@@ -270,23 +272,14 @@ class Checkpointer:
         self.manager.close()
 
 
-def write_text_atomically(path: epath.Path, text: str) -> None:
-    """Writes a temporary file next to `path`, then renames it over `path`: a reader sees the old
-    or the new text, never a half-written file."""
-    temporary = path.parent / f".{path.name}.tmp{jax.process_index()}"
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes the resolved config as JSON into the workdir, atomically (process 0 only; local or
     gs://)."""
     if jax.process_index() != 0:
         return
-    directory = epath.Path(workdir)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(
-        directory / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True)
+    files.write_bytes_atomic(
+        epath.Path(workdir) / CONFIG_FILE,
+        config.to_json_best_effort(indent=2, sort_keys=True).encode(),
     )
 
 

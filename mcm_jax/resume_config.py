@@ -17,8 +17,9 @@ import jax
 import ml_collections
 from absl import logging
 from etils import epath
+from flax import traverse_util
 
-from mcm_jax import checkpointing
+from mcm_jax import checkpointing, files
 
 CHANGES_FILE = "config_changes.jsonl"
 
@@ -38,17 +39,7 @@ def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
     """Dotted key -> JSON value, as config.json stores it (tuples become lists)."""
     if isinstance(config, ml_collections.ConfigDict):
         config = json.loads(config.to_json_best_effort())
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(config, "")
-    return flat
+    return traverse_util.flatten_dict(config, sep=".")
 
 
 def _resumable(key: str) -> bool:
@@ -113,5 +104,5 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         }
         changes_file = path / CHANGES_FILE
         history = changes_file.read_text() if changes_file.exists() else ""
-        checkpointing.write_text_atomically(changes_file, history + json.dumps(record) + "\n")
+        files.write_bytes_atomic(changes_file, (history + json.dumps(record) + "\n").encode())
     checkpointing.write_config(workdir, config)
