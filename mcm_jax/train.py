@@ -24,6 +24,7 @@ from mcm_jax import (
 )
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.models import build
+from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
     TrainState, create_train_state, make_optimizer, make_train_step, train_flops_per_example,
@@ -102,8 +103,11 @@ def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, progress: ProgressFn | None = None
+) -> TrainState:
+    """Trains (or resumes) the run in `workdir` up to config.training.num_steps; `progress(step,
+    num_steps)` is called after every step (host-side integers only: it never waits for the device)."""
     from mcm_jax import input_pipeline
 
     config_lib.validate(config)
@@ -130,7 +134,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     with watcher:
         state, data_state = _initial_state(trainer, ckpt, teacher_params)
         state = _train_loop(
-            config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params
+            config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params,
+            progress or (lambda done, total: None),
         )
     ckpt.wait()
     ckpt.close()
@@ -165,6 +170,7 @@ def _train_loop(
     state: TrainState,
     data_state: dict | None,
     teacher_params,
+    progress: ProgressFn,
 ) -> TrainState:
     """Steps to config.training.num_steps or to an agreed preemption step, saving on the way."""
     from clu import parameter_overview, periodic_actions
@@ -204,6 +210,7 @@ def _train_loop(
         batch = sharding.host_local_to_global(next(data), trainer.setup.mesh)
         state, metrics = trainer.train_step(state, batch, teacher_params)
         step += 1
+        progress(step, t.num_steps)
         profiler.after_step(step, metrics)
         if not buffer and step == last_step + 1:
             # Time from the end of the first step on, so compilation is not counted as speed.
