@@ -6,11 +6,12 @@ import sys
 import pytest
 
 from configs import digits_mcm
-from mcm_jax import benchmark, models, train_step
+from mcm_jax import models, train_step
+from mcm_jax.benchmarks import train_step_bench
 
 
 def test_benchmark_module_imports_no_tensorflow():
-    code = "import sys, mcm_jax.benchmark, mcm_jax.train; assert 'tensorflow' not in sys.modules"
+    code = "import sys, mcm_jax.benchmarks.train_step_bench, mcm_jax.train; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -19,12 +20,12 @@ def test_benchmark_figures():
     config = digits_mcm.get_config("steps=2,method=ct,model=tiny")
     config.teacher.workdir = "unused"
     config.training.batch_size = 16
-    figures = benchmark.benchmark(config, steps=2, warmup=1)
+    figures = train_step_bench.benchmark(config, steps=2, warmup=1)
     assert figures["step_ms"] > 0
     assert figures["images_per_s"] == pytest.approx(16 / (figures["step_ms"] / 1e3))
     assert "mfu" not in figures  # the CPU has no known peak
     config.peak_tflops_per_device = 0.5
-    figures = benchmark.benchmark(config, steps=2, warmup=1)
+    figures = train_step_bench.benchmark(config, steps=2, warmup=1)
     assert figures["mfu"] == pytest.approx(figures["tflops_per_device"] / 0.5)
 
 

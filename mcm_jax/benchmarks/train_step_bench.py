@@ -1,6 +1,6 @@
 """Times the compiled train step on synthetic batches: img/s, TFLOP/s per device and MFU.
 
-    python -m mcm_jax.benchmark --config=configs/imagenet64_mcm.py:steps=8,method=cd \
+    python -m mcm_jax.benchmarks.train_step_bench --config=configs/imagenet64_mcm.py:steps=8,method=cd \
         --config.training.batch_size=64 --steps=20
 
 Imports no TensorFlow: the batches are random arrays of the model's input shape, and a CD
