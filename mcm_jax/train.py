@@ -196,6 +196,7 @@ def _train_loop(
     profiler = profiling.StepProfiler(workdir, t.profile_steps, step + profiling.WARMUP_STEPS)
     grid = grid_sampler(trainer.setup, t.sample_images) if t.sample_every else None
     buffer: list[dict] = []
+    first_step = step
     last_time, last_step = time.time(), step
 
     def check_finite(state):
@@ -212,19 +213,20 @@ def _train_loop(
         step += 1
         progress(step, t.num_steps)
         profiler.after_step(step, metrics)
-        if not buffer and step == last_step + 1:
+        if step == first_step + 1:
             # Time from the end of the first step on, so compilation is not counted as speed.
+            # Besides this one, the loop waits for the device only on log, checkpoint and sample
+            # steps (tests/test_speed_guards.py), so the host keeps dispatching ahead.
             jax.block_until_ready(metrics)
             last_time, last_step = time.time(), step
         buffer.append(metrics)
         report(step)
-        if step % t.log_every == 0 or step == t.num_steps:
+        logged = step % t.log_every == 0 or step == t.num_steps
+        if logged:
             check_finite(state)
             scalars = _mean_metrics(buffer)
             buffer = []
-            now = time.time()
-            steps_per_sec = (step - last_step) / (now - last_time)
-            last_time, last_step = now, step
+            steps_per_sec = (step - last_step) / (time.time() - last_time)
             tflops = flops_per_step * steps_per_sec / jax.device_count() / 1e12
             scalars.update(
                 steps_per_sec=steps_per_sec,
@@ -242,6 +244,10 @@ def _train_loop(
             samples = grid(state.ema_params[0])
             if is_chief:
                 images.write_grid(workdir, f"samples_{step:08d}", samples, writer, step)
+        if logged:
+            # The device has finished this step (its metrics were read): time the next interval
+            # from here, so this step's checkpoint and sample grid are not counted as steps.
+            last_time, last_step = time.time(), step
         if preempted:
             break
     profiler.stop()
