@@ -18,6 +18,7 @@ import dataclasses
 import logging as std_logging
 import sys
 import time
+from typing import TextIO
 
 from absl import app, flags, logging
 from etils import epath
@@ -32,28 +33,32 @@ PICTURE_IMAGES = 20  # two of each digit
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """How much the main job trains and samples."""
+    """What the main job trains and samples."""
 
     model: str = "digits"
     teacher_steps: int = 1500
     student_steps: int = 60
     samples: int = 512
+    students: tuple[tuple[str, int], ...] = STUDENTS
+    teacher_sweep: tuple[int, ...] = TEACHER_SWEEP
 
 
-QUICK = Budget(model="tiny", teacher_steps=20, student_steps=4, samples=128)
+# A path check: every kind of stage once, on the tiny network.
+QUICK = Budget(
+    model="tiny", teacher_steps=20, student_steps=4, samples=128,
+    students=(("cd", 2), ("ct", 2)), teacher_sweep=(2, 64),
+)
 
 
-def runs(
-    workdir: str, budget: Budget, students=STUDENTS, teacher_sweep=TEACHER_SWEEP
-) -> list[digits_runs.Run]:
+def runs(workdir: str, budget: Budget) -> list[digits_runs.Run]:
     """The teacher, then its students."""
     teacher_dir = str(epath.Path(workdir) / "teacher")
     teacher = digits_runs.teacher_config(
         workdir, model=budget.model, steps=budget.teacher_steps, samples=budget.samples,
-        sweep_steps=teacher_sweep,
+        sweep_steps=budget.teacher_sweep,
     )
     result = [digits_runs.Run("teacher", teacher)]
-    for method, steps in students:
+    for method, steps in budget.students:
         student = digits_runs.student_config(
             workdir, teacher_dir, method=method, sampling_steps=steps, model=budget.model,
             steps=budget.student_steps, samples=budget.samples,
@@ -62,18 +67,18 @@ def runs(
     return result
 
 
-def write_picture(workdir: str, students=STUDENTS, teacher_sweep=TEACHER_SWEEP) -> str | None:
+def write_picture(workdir: str, budget: Budget) -> str | None:
     """results.png: the teacher at 64 aDDIM steps (if swept) and each CD student, one row each,
     from the same noise and labels; returns its path (None if there is nothing to show)."""
     root = epath.Path(workdir)
     rows = []
     method, steps = PICTURE_TEACHER
-    if steps in teacher_sweep:
+    if steps in budget.teacher_sweep:
         images, _ = results_picture.load_samples(
             root / "teacher", f"{method}_{steps}steps", PICTURE_IMAGES
         )
         rows.append((f"teacher, {method.upper()} {steps}", images))
-    for kind, s in students:
+    for kind, s in budget.students:
         if kind == "cd":
             images, _ = results_picture.load_samples(
                 root / f"cd_s{s}", f"ddim_{s}steps", PICTURE_IMAGES
@@ -86,22 +91,16 @@ def write_picture(workdir: str, students=STUDENTS, teacher_sweep=TEACHER_SWEEP) 
     return str(path)
 
 
-def run(
-    workdir: str,
-    budget: Budget = Budget(),
-    *,
-    students: tuple[tuple[str, int], ...] = STUDENTS,
-    teacher_sweep: tuple[int, ...] = TEACHER_SWEEP,
-    stream=None,
-) -> str:
-    """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md)."""
-    job = runs(workdir, budget, students, teacher_sweep)
+def run(workdir: str, budget: Budget = Budget(), stream=None) -> str:
+    """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md).
+    Progress lines go to `stream` (default stdout)."""
+    job = runs(workdir, budget)
     plan = digits_runs.plan_for(job, [progress.Stage("table and picture", 1.0)], stream)
     index = digits_runs.execute(job, workdir, plan)
     with plan.run(index):
         table = results_table.format_table(results_table.collect(workdir))
         (epath.Path(workdir) / "results.md").write_text(table + "\n")
-        write_picture(workdir, students, teacher_sweep)
+        write_picture(workdir, budget)
     return table
 
 
@@ -116,16 +115,23 @@ class _ForTheTerminal(std_logging.Filter):
         return record.levelno >= (std_logging.WARNING if own else std_logging.ERROR)
 
 
-def log_to_file(path: epath.Path) -> None:
-    """Every log record (absl, orbax, jax, TensorFlow's Python side, Python warnings) goes to
-    `path`; the terminal gets only what `_ForTheTerminal` lets through."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    logging.get_absl_handler().python_handler.stream = open(path, "a")  # noqa: SIM115
+def quiet_terminal(log_path: epath.Path) -> TextIO:
+    """Sends every log record (absl, orbax, jax, TensorFlow's Python side, Python warnings) and
+    stray library prints (TFDS's preparation notes) to `log_path`; the terminal keeps only what
+    `_ForTheTerminal` lets through. Returns the terminal's stdout, for the job's own lines."""
+    import tensorflow_datasets as tfds
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the process)
+    logging.get_absl_handler().python_handler.stream = log_file
     terminal = std_logging.StreamHandler(sys.stderr)
     terminal.addFilter(_ForTheTerminal())
     terminal.setFormatter(std_logging.Formatter("%(levelname)s: %(message)s"))
     std_logging.getLogger().addHandler(terminal)
     std_logging.captureWarnings(True)
+    tfds.disable_progress_bar()
+    stdout, sys.stdout = sys.stdout, log_file
+    return stdout
 
 
 FLAGS = flags.FLAGS
@@ -139,14 +145,14 @@ def main(argv):
         student_steps=FLAGS.student_steps, samples=FLAGS.samples,
     )
     log_path = epath.Path(workdir) / "main_job.log"
-    log_to_file(log_path)
-    print(f"main job in {workdir} ({budget}); logs in {log_path}", flush=True)
+    terminal = quiet_terminal(log_path)
+    print(f"main job in {workdir}; logs in {log_path}", file=terminal, flush=True)
     start = time.time()
-    table = run(workdir, budget)
-    print(table)
+    table = run(workdir, budget, stream=terminal)
+    print(table, file=terminal)
     print(
         f"total {progress.duration(time.time() - start)}; table in {workdir}/results.md, "
-        f"samples in {workdir}/results.png"
+        f"samples in {workdir}/results.png", file=terminal,
     )
 
 

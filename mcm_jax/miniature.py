@@ -407,11 +407,11 @@ def main(argv):
     del argv
     workdir = paths.resolve_workdir(FLAGS.workdir)
     log_path = epath.Path(workdir) / "miniature.log"
-    main_job.log_to_file(log_path)
-    print(f"miniature in {workdir} ({FLAGS.scale}); logs in {log_path}", flush=True)
+    terminal = main_job.quiet_terminal(log_path)
+    print(f"miniature in {workdir} ({FLAGS.scale}); logs in {log_path}", file=terminal, flush=True)
     command = " ".join(["python -m mcm_jax.miniature"] + sys.argv[1:])
-    path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command)
-    print(f"report in {path}")
+    path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command, stream=terminal)
+    print(f"report in {path}", file=terminal)
 
 
 if __name__ == "__main__":

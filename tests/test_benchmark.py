@@ -57,6 +57,7 @@ def test_gpu_check_imports_no_tensorflow_or_clu():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow  # compiles every item's program on the tiny network
 def test_gpu_check_dry_run_table_and_json(tmp_path, capsys):
     path = tmp_path / "gpu_check.json"
     gpu_check.main([
