@@ -408,7 +408,11 @@ def main(argv):
     terminal = main_job.quiet_terminal(log_path)
     print(f"miniature in {workdir} ({FLAGS.scale}); logs in {log_path}", file=terminal, flush=True)
     command = " ".join(["python -m mcm_jax.miniature"] + sys.argv[1:])
-    path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command, stream=terminal)
+    try:
+        path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command, stream=terminal)
+    except digits_runs.Stopped as stopped:
+        print(f"stopped: {stopped}", file=terminal)
+        return
     print(f"report in {path}", file=terminal)
 
 
