@@ -184,7 +184,6 @@ class _Job:
                 return []
             rows.append(row)
             done += setting.steps * chunks
-            progress(done, total)
         if jax.process_index() == 0:
             report.write_sweep(step_dir, rows, self.space.metric if self.space else None)
         self.writer.flush()

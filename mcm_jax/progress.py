@@ -35,7 +35,11 @@ class Stage:
 
 
 class Plan:
-    """The stages of a job; `run(i)` reports stage i's progress while it runs."""
+    """The stages of a job; `run(i)` reports stage i's progress while it runs.
+
+    The time left is the remaining cost at the rate of the stages that did work (called their
+    `progress`); a stage that found its work done (a finished run reused) does not count, so a
+    resumed job does not promise too little time."""
 
     BAR_WIDTH = 24
 
@@ -45,14 +49,13 @@ class Plan:
         self.interactive = self.stream.isatty()
         self.clock = clock
         self.start = clock()
-        self.done_cost = 0.0  # cost of the finished stages and the finished part of the current one
+        self.remaining_cost = sum(s.cost for s in self.stages)
+        self.work_seconds = 0.0  # time and cost of the finished stages that did work
+        self.work_cost = 0.0
         self._last_draw = 0.0
 
-    def _seconds_left(self, done_cost: float) -> float | None:
-        if done_cost <= 0:
-            return None
-        total = sum(s.cost for s in self.stages)
-        return (self.clock() - self.start) / done_cost * (total - done_cost)
+    def _seconds_left(self, seconds: float, cost: float, remaining: float) -> float | None:
+        return seconds / cost * remaining if cost > 0 else None
 
     def _prefix(self, index: int) -> str:
         return f"[{index + 1}/{len(self.stages)}] {self.stages[index].name}"
@@ -60,31 +63,40 @@ class Plan:
     @contextmanager
     def run(self, index: int) -> Iterator[ProgressFn]:
         """Stage `index`: yields `progress(done, total)` for the stage's code to call."""
-        stage, stage_start, finished_before = self.stages[index], self.clock(), self.done_cost
+        stage, stage_start = self.stages[index], self.clock()
+        worked = False
 
         def progress(done: int, total: int) -> None:
-            self.done_cost = finished_before + stage.cost * min(done / max(total, 1), 1.0)
+            nonlocal worked
+            worked = True
             if not self.interactive or self.clock() - self._last_draw < 0.2 and done < total:
                 return
-            self._last_draw = self.clock()
-            filled = int(self.BAR_WIDTH * done / max(total, 1))
+            self._last_draw = now = self.clock()
+            fraction = min(done / max(total, 1), 1.0)
+            partial = stage.cost * fraction
+            left = self._seconds_left(
+                self.work_seconds + now - stage_start, self.work_cost + partial,
+                self.remaining_cost - partial,
+            )
+            filled = int(self.BAR_WIDTH * fraction)
             bar = "█" * filled + "·" * (self.BAR_WIDTH - filled)
-            left = self._seconds_left(self.done_cost)
             eta = f", job {duration(left)} left" if left is not None else ""
             line = f"{self._prefix(index)} {bar} {done}/{total}{eta}"
             self.stream.write("\r" + line[:150].ljust(80))
             self.stream.flush()
 
-        if self.interactive:
-            progress(0, 1)
         yield progress
-        self.done_cost = finished_before + stage.cost
-        left = self._seconds_left(self.done_cost)
-        elapsed = self.clock() - self.start
-        tail = f"; {duration(left)} left" if left and index + 1 < len(self.stages) else ""
+        now = self.clock()
+        self.remaining_cost -= stage.cost
+        if worked:
+            self.work_seconds += now - stage_start
+            self.work_cost += stage.cost
+        left = self._seconds_left(self.work_seconds, self.work_cost, self.remaining_cost)
+        tail = f"; {duration(left)} left" if left is not None and index + 1 < len(self.stages) else ""
+        done_before = "" if worked else ", done before"
         line = (
-            f"{self._prefix(index)}: {duration(self.clock() - stage_start)} "
-            f"(elapsed {duration(elapsed)}{tail})"
+            f"{self._prefix(index)}: {duration(now - stage_start)}{done_before} "
+            f"(elapsed {duration(now - self.start)}{tail})"
         )
         self.stream.write(("\r" + line.ljust(80) if self.interactive else line) + "\n")
         self.stream.flush()

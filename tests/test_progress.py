@@ -57,9 +57,17 @@ def test_a_terminal_gets_a_bar_redrawn_in_place_then_the_stage_line():
     assert "[1/2] student: 5s (elapsed 5s; 5s left)" in text.splitlines()[-1]
 
 
-def test_a_stage_that_reports_nothing_still_counts_as_done():
+def test_a_stage_whose_work_was_done_before_does_not_count_towards_the_rate():
+    """A reused finished run takes a second; the time left comes from stages that did work."""
     clock, out = _Clock(), io.StringIO()
-    plan = progress.Plan([progress.Stage("a", 1.0), progress.Stage("b", 3.0)], out, clock=clock)
+    stages = [progress.Stage("a", 10.0), progress.Stage("b", 10.0), progress.Stage("c", 10.0)]
+    plan = progress.Plan(stages, out, clock=clock)
     with plan.run(0):
-        clock.now += 4.0
-    assert out.getvalue() == "[1/2] a: 4s (elapsed 4s; 12s left)\n"
+        clock.now += 1.0
+    with plan.run(1) as report:
+        clock.now += 20.0
+        report(5, 5)
+    assert out.getvalue().splitlines() == [
+        "[1/3] a: 1s, done before (elapsed 1s)",
+        "[2/3] b: 20s (elapsed 21s; 20s left)",
+    ]
