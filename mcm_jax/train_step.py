@@ -33,17 +33,15 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to the learning rate, then constant or cosine decay to 0 at num_steps."""
+    """Linear warm-up to the learning rate, then constant (optax.linear_schedule holds its end
+    value) or cosine decay to 0 at num_steps."""
     o = config.optimizer
+    warmup = max(o.warmup_steps, 1)
     if o.decay == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, o.learning_rate, max(o.warmup_steps, 1), config.training.num_steps
+            0.0, o.learning_rate, warmup, config.training.num_steps
         )
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)),
-         optax.constant_schedule(o.learning_rate)],
-        [max(o.warmup_steps, 1)],
-    )
+    return optax.linear_schedule(0.0, o.learning_rate, warmup)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -120,7 +118,7 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = tuple(
-            jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+            optax.incremental_update(params, ema, step_size=1.0 - d)
             for d, ema in zip(decays, state.ema_params)
         )
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
