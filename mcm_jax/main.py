@@ -159,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
 
         train.train(config, workdir)
     else:
-        from mcm_jax import evaluate
+        from mcm_jax.eval import evaluate
 
         evaluate.evaluate(config, workdir)
 

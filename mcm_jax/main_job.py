@@ -17,7 +17,8 @@ from absl import app, flags, logging
 from etils import epath
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import evaluate, paths, results_table, train
+from mcm_jax import paths, results_table, train
+from mcm_jax.eval import evaluate
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
 TEACHER_SWEEP = (1, 2, 4, 8, 16)

@@ -168,7 +168,7 @@ def test_imagenet_students_carry_the_paper_settings(resolution, size, method):
 def test_imagenet_evals_default_to_the_paper_baselines(resolution, size):
     """Teachers: 512 aDDIM steps (Table 1's diffusion row), the small ImageNet128 one guided with
     the weight its CD student distils; students: their own S-step DDIM."""
-    from mcm_jax.evaluate import sweep_settings
+    from mcm_jax.eval.evaluate import sweep_settings
     from mcm_jax.eval.sampling import SamplerSetting
 
     teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")

@@ -9,7 +9,8 @@ import pytest
 from etils import epath
 
 from configs import digits_diffusion, digits_mcm
-from mcm_jax import calibrate, digits_classifier, evaluate, train
+from mcm_jax import calibrate, digits_classifier, train
+from mcm_jax.eval import evaluate
 from mcm_jax.datasets import digits_split
 from mcm_jax.eval import metrics, sampling
 from mcm_jax.eval.config import default_eval_config
