@@ -47,6 +47,15 @@ def abstract_params(model: nn.Module, config: ml_collections.ConfigDict, mesh: M
     return checkpointing.abstract_like(shapes, shardings)
 
 
+def own_sampler(config: ml_collections.ConfigDict) -> sampling.SamplerSetting:
+    """The run's own sampler: a student's S-step DDIM (the paper's Algorithm 2), a teacher's
+    training.sample_method at training.sample_steps. Training's sample grids use it, and the eval
+    job where config.eval.sweep_steps / sweep_methods are empty."""
+    if config.objective == "mcm":
+        return sampling.SamplerSetting("ddim", config.mcm.student_steps)
+    return sampling.SamplerSetting(config.training.sample_method, config.training.sample_steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSetup:
     """The pieces of a run that need no optimizer: enough to sample, score or calibrate."""

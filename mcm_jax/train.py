@@ -22,7 +22,6 @@ from mcm_jax import (
     checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
     resume_config, run_setup, sharding,
 )
-from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.models import build
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
@@ -79,14 +78,11 @@ class Trainer:
 
 def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndarray]:
     """`grid(params)`: `num_images` class-cycling samples from `params` with the run's own
-    sampler (a student's S-step DDIM; a teacher's training.sample_method at sample_steps), as
-    uint8 NHWC. It is the eval job's batch sampler, built once so every grid of a run reuses one
-    compiled program; the noise is config.seed's, the same at every step."""
+    sampler (run_setup.own_sampler), as uint8 NHWC. It is the eval job's batch sampler, built
+    once so every grid of a run reuses one compiled program; the noise is config.seed's, the same
+    at every step."""
     c = setup.config
-    if c.objective == "mcm":
-        setting = SamplerSetting("ddim", c.mcm.student_steps)
-    else:
-        setting = SamplerSetting(c.training.sample_method, c.training.sample_steps)
+    setting = run_setup.own_sampler(c)
     batch_size = -(-num_images // setup.mesh.size) * setup.mesh.size  # split over every device
     sample_batch = setup.batch_sampler(setting, seed=c.seed, batch_size=batch_size)
 

@@ -35,16 +35,18 @@ from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
-from mcm_jax.run_setup import RunSetup, check_run_matches
+from mcm_jax.run_setup import RunSetup, check_run_matches, own_sampler
 
 __all__ = ["default_eval_config", "evaluate", "sweep_settings", "validate"]
 
 def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
-    """The samplers to evaluate: every (method, steps) of the sweep, or the run's own sampler."""
+    """The samplers to evaluate: every (method, steps) of the sweep, or the run's own sampler
+    (`run_setup.own_sampler`) where the sweep leaves steps or methods empty."""
     e = config.eval
     steps, methods = tuple(e.sweep_steps), tuple(e.sweep_methods)
+    own = own_sampler(config)
     if config.objective == "mcm":
-        s = config.mcm.student_steps
+        s = own.steps
         if steps not in ((), (s,)):
             raise ValueError(
                 f"config.eval.sweep_steps: a student trained for S={s} steps samples with exactly "
@@ -60,9 +62,9 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
                 "config.eval.guidance_weight: guidance applies to teachers; a CD student distils "
                 "the guided teacher (config.mcm.guidance_weight)"
             )
-        return [SamplerSetting("ddim", s)]
-    steps = steps or (config.training.sample_steps,)
-    methods = methods or (config.training.sample_method,)
+        return [own]
+    steps = steps or (own.steps,)
+    methods = methods or (own.method,)
     for method in methods:
         if method not in samplers.METHODS:
             raise ValueError(
