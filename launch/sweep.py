@@ -16,7 +16,6 @@ returns the runs as dicts, for scripts and tests.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from mcm_jax import cli
+from mcm_jax import cli, config_lib
 
 METHODS = ("cd", "ct")
 LAUNCHERS = ("python", "slurm", "tpu_vm")
@@ -112,13 +111,7 @@ def expand(
 def check_configs(runs: list[dict]) -> None:
     """Builds each run's config once, so a bad config argument fails before anything launches."""
     for config in sorted({run["config"] for run in runs}):
-        path, _, arg = config.partition(":")
-        spec = importlib.util.spec_from_file_location("sweep_config", path)
-        if spec is None or not os.path.isfile(path):
-            raise ValueError(f"config: no config file {path!r}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.get_config(arg)
+        config_lib.load_config_file(config)
 
 
 FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)

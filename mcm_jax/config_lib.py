@@ -8,6 +8,8 @@ a ValueError that names the field and says what is allowed.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 from flax import traverse_util
@@ -102,6 +104,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.peak_tflops_per_device = 0.0
     c.eval = default_eval_config()  # the eval job (--mode=eval); fields: see mcm_jax.eval.config
     return c
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file in `spec`, "path[:arg]" as --config takes it. The file
+    is loaded by path, as ml_collections' config_flags loads it (configs/ is not a package);
+    a missing file is a ValueError naming it."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"config: no config file {path!r}")
+    module_name = "mcm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    loader_spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:

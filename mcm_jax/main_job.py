@@ -16,8 +16,7 @@ import ml_collections
 from absl import app, flags, logging
 from etils import epath
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import paths, results_table, train
+from mcm_jax import paths, presets, results_table, train
 from mcm_jax.eval import evaluate
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
@@ -50,7 +49,7 @@ def run(
     """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md)."""
     start = time.time()
     teacher_dir = str(epath.Path(workdir) / "teacher")
-    teacher = _common(digits_diffusion.get_config(f"model={model}"), workdir, samples)
+    teacher = _common(presets.digits_diffusion(f"model={model}"), workdir, samples)
     teacher.training.update(num_steps=teacher_steps, checkpoint_every=teacher_steps, log_every=50)
     teacher.ema_decays = (_ema_decay(teacher_steps),)
     teacher.eval.sweep_steps = teacher_sweep
@@ -62,7 +61,7 @@ def run(
     for method, steps in students:
         student_dir = str(epath.Path(workdir) / f"{method}_s{steps}")
         student = _common(
-            digits_mcm.get_config(f"steps={steps},method={method},model={model}"), workdir, samples
+            presets.digits_mcm(f"steps={steps},method={method},model={model}"), workdir, samples
         )
         student.teacher.workdir = teacher_dir
         student.mcm.anneal_iterations = student_steps

@@ -5,8 +5,9 @@ Cheap by design: configs are built and validated (the model module is constructe
 initialised or compiled).
 """
 
-import importlib
+import ast
 import itertools
+import os
 
 import ml_collections
 import pytest
@@ -36,8 +37,12 @@ CASES = [
 ]
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
 def get_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    """The config file configs/<name>.py with its argument, loaded by path as --config loads it."""
+    return config_lib.load_config_file(f"{os.path.join(CONFIGS, name)}.py:{arg}")
 
 
 def with_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -295,3 +300,19 @@ def test_flat_hparams_keeps_every_field_as_a_scalar():
     assert all(isinstance(v, (bool, int, float, str)) for v in hparams.values())
     assert hparams["model.level_channels"] == str(tuple(config.model.level_channels))
     assert hparams["data.data_dir"] == "None" and hparams["data.resolution"] == 16
+
+
+def test_config_files_are_files_that_import_only_mcm_jax():
+    """configs/ is a folder of files loaded by path, not a package: no __init__.py, and no config
+    file imports another (shared builders live in mcm_jax.presets)."""
+    assert not os.path.exists(os.path.join(CONFIGS, "__init__.py"))
+    names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
+    assert len(names) == 8
+    for name in names:
+        with open(os.path.join(CONFIGS, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] == "mcm_jax", (name, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] == "mcm_jax" for a in node.names), name

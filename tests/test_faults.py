@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import checkpointing, resume_config, train
+from mcm_jax import checkpointing, presets, resume_config, train
 from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +119,7 @@ def test_no_restorable_step_is_one_message_and_moves_nothing(tmp_path, six_step_
 
 
 def _config():
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.training.batch_size = 16
     return config
 

@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import checkpointing, main, paths
+from mcm_jax import checkpointing, main, paths, presets
 from test_train import ROOT, _event_losses, _main_command
 
 TEACHER = "configs/digits_diffusion.py:model=tiny"
@@ -86,8 +85,8 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
     tmp_path, digits_data_dir, config, args, message
 ):
     (tmp_path / "a_file").write_text("not a run")
-    checkpointing.write_config(str(tmp_path / "student_run"), digits_mcm.get_config("model=tiny"))
-    teacher = digits_diffusion.get_config("model=tiny")
+    checkpointing.write_config(str(tmp_path / "student_run"), presets.digits_mcm("model=tiny"))
+    teacher = presets.digits_diffusion("model=tiny")
     checkpointing.write_config(str(tmp_path / "untrained_teacher"), teacher)
     workdir = tmp_path / "run"
     command = _main_command(workdir, digits_data_dir, 2, 2, config=config)
@@ -126,7 +125,7 @@ def test_command_line_mistakes_name_the_flag(tmp_path, args, config, message):
     (line,) = _error_lines(stderr)
     match = re.match(f"error: {message}", line)
     assert match, line
-    training_fields = set(digits_diffusion.get_config().training)
+    training_fields = set(presets.digits_diffusion().training)
     assert set(match.groups()) <= training_fields  # the suggestions are real keys
     assert "Traceback" not in stderr
     assert not workdir.exists()
@@ -156,7 +155,7 @@ def test_traceback_only_on_request(tmp_path, args, env):
 def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tmp_path = tmp_path.resolve()  # the directory as the process sees it
-    config = digits_mcm.get_config("model=tiny")
+    config = presets.digits_mcm("model=tiny")
     config.teacher.workdir = "runs/teacher"
     config.data.data_dir = "gs://bucket/tfds"
     config.eval.x_var_table = "~/table.npz"
