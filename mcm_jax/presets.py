@@ -50,21 +50,16 @@ def make_student(config: ml_collections.ConfigDict, steps: int, method: str):
 def digits_diffusion(arg: str = "") -> ml_collections.ConfigDict:
     """configs/digits_diffusion.py; arg: `model=digits|tiny` (tiny: the test network)."""
     args = config_lib.parse_arg(arg, model="digits")
-    config = config_lib.with_model(config_lib.base_config(), args["model"], channels=1)
+    config = config_lib.with_model(config_lib.base_config(), args["model"])
     config.objective = "diffusion"
-    config.data.name = "digits"
-    config.data.resolution = 16
+    config.data.update(name="digits", resolution=16)
     config.diffusion.label_dropout = 0.1
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 100
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
     config.ema_decays = (0.999,)
-    config.training.batch_size = 128
-    config.training.num_steps = 3000
-    config.training.log_every = 100
-    config.training.checkpoint_every = 500
-    config.training.keep_period = 0
-    config.training.sample_every = 1000
-    config.training.sample_steps = 64
+    config.training.update(
+        batch_size=128, num_steps=3000, log_every=100, checkpoint_every=500, keep_period=0,
+        sample_every=1000, sample_steps=64,
+    )
     return config
 
 
@@ -86,25 +81,15 @@ def cifar10_diffusion(arg: str = "") -> ml_collections.ConfigDict:
     config = config_lib.with_model(config_lib.base_config(), "cifar10")
     config.objective = "diffusion"
 
-    config.data.name = "cifar10"
-    config.data.resolution = 32
-    config.data.eval_split = "test"
-    config.data.random_flip = True
-
+    config.data.update(name="cifar10", resolution=32, eval_split="test", random_flip=True)
     config.schedule.name = "cosine"
     config.diffusion.label_dropout = 0.1
-
-    config.optimizer.learning_rate = 2e-4
-    config.optimizer.warmup_steps = 1000
-    config.optimizer.b2 = 0.99
-    config.optimizer.grad_clip_norm = 1.0
+    config.optimizer.update(learning_rate=2e-4, warmup_steps=1000, b2=0.99, grad_clip_norm=1.0)
     config.ema_decays = (0.9999,)
-
-    config.training.batch_size = 512
-    config.training.num_steps = 200_000
-    config.training.checkpoint_every = 5000
-    config.training.keep_period = 50_000
-    config.training.sample_every = 10_000
+    config.training.update(
+        batch_size=512, num_steps=200_000, checkpoint_every=5000, keep_period=50_000,
+        sample_every=10_000,
+    )
     return config
 
 
@@ -124,33 +109,22 @@ def imagenet_teacher(resolution: int, arg: str) -> ml_collections.ConfigDict:
     config = config_lib.with_model(config_lib.base_config(), f"imagenet{resolution}_{size}")
     config.objective = "diffusion"
 
-    config.data.name = "imagenet2012"
-    config.data.resolution = resolution
-    config.data.eval_split = "validation"
-    config.data.random_flip = True
-
-    config.schedule.name = "interpolated_cosine"
-    config.schedule.noise_resolution_low = 32
-    config.schedule.noise_resolution_high = resolution
-
-    config.diffusion.weighting = "v"
-    config.diffusion.distance = "mse"
-    config.diffusion.label_dropout = 0.1
-
-    config.optimizer.learning_rate = 1e-4
-    config.optimizer.warmup_steps = 1000
-    config.optimizer.decay = "constant"
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.99
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.grad_clip_norm = 1.0
+    config.data.update(
+        name="imagenet2012", resolution=resolution, eval_split="validation", random_flip=True
+    )
+    config.schedule.update(
+        name="interpolated_cosine", noise_resolution_low=32, noise_resolution_high=resolution
+    )
+    config.diffusion.update(weighting="v", distance="mse", label_dropout=0.1)
+    config.optimizer.update(
+        learning_rate=1e-4, warmup_steps=1000, decay="constant", b1=0.9, b2=0.99,
+        weight_decay=0.0, grad_clip_norm=1.0,
+    )
     config.ema_decays = (0.9999,)
-
-    config.training.batch_size = 2048
-    config.training.num_steps = 500_000
-    config.training.checkpoint_every = 5000
-    config.training.keep_period = 50_000
-    config.training.sample_every = 10_000
+    config.training.update(
+        batch_size=2048, num_steps=500_000, checkpoint_every=5000, keep_period=50_000,
+        sample_every=10_000,
+    )
     return config
 
 

@@ -22,7 +22,6 @@ from mcm_jax import (
     checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
     resume_config, run_setup, sharding,
 )
-from mcm_jax.models import build
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
     TrainState, create_train_state, make_optimizer, make_train_step, train_flops_per_example,
@@ -51,7 +50,7 @@ class Trainer:
 
         teacher_model_fn, teacher_shardings = None, None
         if config.objective == "mcm":
-            teacher_model = build(teacher_config.model if teacher_config else config.model)
+            teacher_model = run_setup.build_model(teacher_config or config)
             teacher_model_fn = losses.make_model_fn(teacher_model.apply, setup.schedule)
             self.abstract_teacher_params = abstract_params(teacher_model, config, setup.mesh)
             teacher_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_teacher_params)
@@ -102,12 +101,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
     from mcm_jax import input_pipeline
 
-    config_lib.validate(config)
+    setup = RunSetup.create(config)  # validates the config, the one time in a training job
     teacher_config = None
     if config.objective == "mcm":
         run_setup.check_teacher_workdir(config)
         teacher_config = run_setup.check_teacher_matches(config)
-    trainer = Trainer(RunSetup.create(config), teacher_config)
+    trainer = Trainer(setup, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
     # The teacher's checkpoint is loaded before anything is written, so a bad one leaves no trace.
     teacher_params = (

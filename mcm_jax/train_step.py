@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mcm_jax import config_lib, losses
+from mcm_jax import config_lib, data_config, losses
 from mcm_jax.models import flops_per_example
 
 Params = Any
@@ -67,13 +67,31 @@ def create_train_state(
     )
 
 
+def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
+    """The teacher's loss: `config.diffusion`'s fields as they are, plus the data's null label;
+    errors name the field."""
+    try:
+        return losses.DiffusionLossConfig(**config.diffusion, null_label=config_lib.null_label(config))
+    except ValueError as e:
+        raise ValueError(f"config.diffusion: {e}") from None
+
+
+def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
+    """The student's loss: `config.mcm`'s fields as they are, plus the data's null label; errors
+    name the field."""
+    try:
+        return losses.ConsistencyLossConfig(**config.mcm, null_label=config_lib.null_label(config))
+    except ValueError as e:
+        raise ValueError(f"config.mcm: {e}") from None
+
+
 def make_loss_fn(
     config: ml_collections.ConfigDict, model_fn: losses.ModelFn, teacher_model_fn: losses.ModelFn | None
 ) -> Callable:
     """loss_fn(params, batch, rng, step, teacher_params) -> (loss, metrics) for the objective."""
     schedule = config_lib.schedule_from_config(config)
     if config.objective == "diffusion":
-        loss_config = config_lib.diffusion_loss_config(config)
+        loss_config = diffusion_loss_config(config)
 
         def loss_fn(params, batch, rng, step, teacher_params):
             del step, teacher_params
@@ -83,7 +101,7 @@ def make_loss_fn(
 
         return loss_fn
 
-    loss_config = config_lib.consistency_loss_config(config)
+    loss_config = consistency_loss_config(config)
 
     def loss_fn(params, batch, rng, step, teacher_params):
         teacher = None
@@ -143,7 +161,8 @@ def make_train_step(
 def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one example's train step: forward + backward (3×) plus extra forwards
     (the stop-gradient reference for MCM, the teacher for CD, twice with guidance)."""
-    forward = flops_per_example(config.model, config.data.resolution)
+    _, _, channels = data_config.image_shape(config.data)
+    forward = flops_per_example(config.model, config.data.resolution, channels=channels)
     multiplier = 3.0
     if config.objective == "mcm":
         multiplier += 1.0

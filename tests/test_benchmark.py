@@ -29,7 +29,7 @@ def test_benchmark_figures():
 
 def test_train_flops_count_every_forward_pass():
     config = presets.digits_mcm("steps=2,method=cd,model=tiny")
-    forward = models.flops_per_example(config.model, config.data.resolution)
+    forward = models.flops_per_example(config.model, config.data.resolution, channels=1)  # digits
     assert train_step.train_flops_per_example(config) == pytest.approx(5 * forward)  # 3 + reference + teacher
     config.mcm.guidance_weight = 1.0
     assert train_step.train_flops_per_example(config) == pytest.approx(6 * forward)

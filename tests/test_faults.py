@@ -158,6 +158,21 @@ def test_allowed_changes_on_resume_are_recorded():
     assert resume_config.config_changes(saved, new)[0] == {}
 
 
+def test_a_config_json_with_the_removed_duplicate_fields_still_resumes(tmp_path):
+    """Runs written before model_name and model.resolution/channels/num_classes were removed (the
+    network's name is model.name, the rest the data's) keep them in config.json; a resume with
+    today's config is not refused for them."""
+    config = _config()
+    saved = json.loads(config.to_json_best_effort())
+    saved["model_name"] = config.model.name
+    saved["model"].update(resolution=16, channels=1, num_classes=10)
+    assert resume_config.config_changes(saved, config) == ({}, {})
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # a run with a saved step
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resume_config.claim_workdir(str(tmp_path), config)  # no error
+    assert "model_name" not in json.loads((tmp_path / "config.json").read_text())
+
+
 @pytest.mark.slow
 def test_resume_with_more_steps_and_another_batch_records_the_change(
     tmp_path, digits_data_dir, six_step_run

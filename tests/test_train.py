@@ -208,3 +208,20 @@ def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digi
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore())
         )
         assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(restored["params"]))
+
+
+@pytest.mark.slow
+def test_the_config_is_validated_once_per_job(tmp_path, digits_data_dir, monkeypatch):
+    from mcm_jax import config_lib
+    from mcm_jax.eval import evaluate
+
+    calls = []
+    validate = config_lib.validate
+    monkeypatch.setattr(config_lib, "validate", lambda *a, **k: calls.append(1) or validate(*a, **k))
+    config = _teacher_config(digits_data_dir, num_steps=2, checkpoint_every=2)
+    config.eval.update(num_samples=8, batch_size=8, metric="none", sweep_steps=(2,),
+                       sweep_methods=("ddim",))
+    train.train(config, str(tmp_path))
+    assert len(calls) == 1
+    evaluate.evaluate(config, str(tmp_path))
+    assert len(calls) == 2

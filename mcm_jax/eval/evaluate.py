@@ -29,7 +29,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, config_lib, files, images, multihost, samplers
+from mcm_jax import checkpointing, data_config, files, images, multihost, samplers
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
@@ -75,7 +75,7 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
             raise ValueError(f"config.eval.sweep_steps: {count!r} is not an integer >= 1")
     if e.guidance_weight < 0:
         raise ValueError(f"config.eval.guidance_weight: must be >= 0, got {e.guidance_weight}")
-    if e.guidance_weight and not config.model.num_classes:
+    if e.guidance_weight and not data_config.num_classes(config.data):
         raise ValueError("config.eval.guidance_weight: guidance needs a class-conditional model")
     weight = float(e.guidance_weight)
     return [
@@ -86,14 +86,14 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[SamplerSetting]:
-    """Checks config.eval before any compute; returns the sweep's settings."""
+    """Checks config.eval before any compute; returns the sweep's settings. The rest of the
+    config is the run's, checked once by `RunSetup.create`."""
     if "eval" not in config:
         raise ValueError(
             "config.eval: missing; config_lib.base_config() should attach "
             "mcm_jax.eval.config.default_eval_config()"
         )
     e = config.eval
-    config_lib.validate(config, num_devices=num_devices)
     check_ema_index(config)
     settings = sweep_settings(config)
     if e.metric not in METRICS:
@@ -152,13 +152,12 @@ def _poll_steps(
 class _Job:
     """Evaluates sweeps of one run; keeps the compiled samplers across checkpoint steps."""
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, settings: list[SamplerSetting], root: epath.Path
-    ):
+    def __init__(self, setup: RunSetup, settings: list[SamplerSetting], root: epath.Path):
+        config = setup.config
         e = config.eval
         self.config, self.settings, self.root = config, settings, root
         self.x_var_fn = load_x_var_table(e.x_var_table) if e.x_var_table else None
-        self.setup = RunSetup.create(config)
+        self.setup = setup
         self.space = metrics.feature_space(config, self.setup.mesh)
         self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}
@@ -213,7 +212,7 @@ class _Job:
         sampler = self._sampler(setting)
         complete = sampling.generate_samples(
             lambda first: sampler(params, first), directory, num_samples=e.num_samples,
-            batch_size=e.batch_size, num_classes=self.config.model.num_classes,
+            batch_size=e.batch_size, num_classes=data_config.num_classes(self.config.data),
             max_chunks=max_chunks,
         )
         if not complete:
@@ -235,7 +234,7 @@ class _Job:
     def _score_and_save(self, directory: epath.Path, step: int, setting: SamplerSetting) -> dict:
         """One pass over the chunks: the score, the grid PNG and, if asked for, samples.npz."""
         e = self.config.eval
-        conditional = self.config.model.num_classes > 0
+        conditional = data_config.num_classes(self.config.data) > 0
         scorer = metrics.Scorer(self.space, conditional) if self.space else None
         kept_images, kept_labels = [], []
         keep = e.num_samples if e.save_samples else e.grid_images
@@ -269,6 +268,7 @@ def evaluate(
     `max_chunks` stops after that many new sample chunks (a time slice; rerun to continue), in
     which case nothing is scored and the result is [].
     """
+    setup = RunSetup.create(config)  # validates the run's config, the one time in an eval job
     settings = validate(config, jax.device_count())
     e = config.eval
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
@@ -278,7 +278,7 @@ def evaluate(
         steps = [_agreed(checkpointing.resolve_step(ckpt, e.step, workdir))]
     check_run_matches(config, workdir)
     tag = e.name or f"n{e.num_samples}_seed{e.seed}_ema{e.ema_index}"
-    job = _Job(config, settings, epath.Path(workdir) / "eval" / tag)
+    job = _Job(setup, settings, epath.Path(workdir) / "eval" / tag)
     rows: list[dict] = []
     for step in steps:
         rows = job.evaluate_step(ckpt, step, max_chunks)

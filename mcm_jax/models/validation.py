@@ -79,7 +79,6 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "remat", REMAT_POLICIES)
     _check_positive(
         config,
-        "channels",
         "middle_channels",
         "middle_blocks",
         "embedding_width",
@@ -87,7 +86,6 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
         "mlp_ratio",
         "norm_groups",
     )
-    _require(config.num_classes >= 0, f"num_classes: must be >= 0, got {config.num_classes}")
     _require(
         config.fourier_features >= 2 and config.fourier_features % 2 == 0,
         f"fourier_features: must be even and >= 2, got {config.fourier_features}",
