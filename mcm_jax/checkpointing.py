@@ -129,7 +129,9 @@ class Checkpointer:
         read_only: bool = False,
     ):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            # A reader keeps and saves nothing (orbax warns about any other value).
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
             keep_period=keep_period or None,
             enable_async_checkpointing=async_checkpointing,
             create=not read_only,

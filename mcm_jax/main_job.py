@@ -1,79 +1,137 @@
-"""The main job on digits, in one process: teacher, MCM students, evals, one results table.
+"""The main job on digits, in one process: teacher, MCM students, evals, a table and a picture.
 
     python -m mcm_jax.main_job --workdir=/tmp/mcm_local [--quick]
 
 Trains a diffusion teacher on the bundled digits, distils multistep consistency students (CD for
-S = 1, 2, 4, 8 and CT for S = 8 by default), evaluates FD-digits and class accuracy for each and
-for the teacher (DDIM and aDDIM over a step sweep), and prints a markdown table. Everything runs
-in one process so TensorFlow, JAX and the compiled programs are set up once.
+S = 1, 2, 4, 8 and CT for S = 8 by default) from it, evaluates FD-digits and class accuracy for
+each and for the teacher (DDIM and aDDIM over a step sweep up to 64 steps), and writes
+<workdir>/results.md (the table) and <workdir>/results.png (samples of the teacher at 64 aDDIM
+steps and of each CD student, from the same noise and labels). The terminal gets one line per
+stage with the time left; library logs go to <workdir>/main_job.log. Everything runs in one
+process so TensorFlow, JAX and the compiled programs are set up once; rerunning reuses what a
+previous (or interrupted) run finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging as std_logging
+import sys
 import time
+from typing import TextIO
 
-import ml_collections
 from absl import app, flags, logging
 from etils import epath
 
-from mcm_jax import paths, presets, results_table, train
-from mcm_jax.eval import evaluate
+from mcm_jax import digits_runs, paths, progress, results_picture, results_table
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
-TEACHER_SWEEP = (1, 2, 4, 8, 16)
+TEACHER_SWEEP = (1, 2, 4, 8, 16, 64)
+PICTURE_TEACHER = ("addim", 64)
+PICTURE_IMAGES = 20  # two of each digit
 
 
-def _common(config: ml_collections.ConfigDict, workdir: str, samples: int) -> ml_collections.ConfigDict:
-    config.data.data_dir = str(epath.Path(workdir) / "tensorflow_datasets")
-    config.training.sample_every = 0
-    config.eval.num_samples = samples
-    config.eval.batch_size = 128
-    return config
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What the main job trains and samples."""
+
+    model: str = "digits"
+    teacher_steps: int = 1500
+    student_steps: int = 60
+    samples: int = 512
+    students: tuple[tuple[str, int], ...] = STUDENTS
+    teacher_sweep: tuple[int, ...] = TEACHER_SWEEP
 
 
-def _ema_decay(num_steps: int) -> float:
-    """An EMA decay for a short run: the initial weights keep a 5% share at the end."""
-    return 0.05 ** (1.0 / num_steps)
+# A path check: every kind of stage once, on the tiny network.
+QUICK = Budget(
+    model="tiny", teacher_steps=20, student_steps=4, samples=128,
+    students=(("cd", 2), ("ct", 2)), teacher_sweep=(2, 64),
+)
 
 
-def run(
-    workdir: str,
-    *,
-    model: str = "digits",
-    teacher_steps: int = 400,
-    student_steps: int = 40,
-    samples: int = 384,
-    students: tuple[tuple[str, int], ...] = STUDENTS,
-    teacher_sweep: tuple[int, ...] = TEACHER_SWEEP,
-) -> str:
-    """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md)."""
-    start = time.time()
+def runs(workdir: str, budget: Budget) -> list[digits_runs.Run]:
+    """The teacher, then its students."""
     teacher_dir = str(epath.Path(workdir) / "teacher")
-    teacher = _common(presets.digits_diffusion(f"model={model}"), workdir, samples)
-    teacher.training.update(num_steps=teacher_steps, checkpoint_every=teacher_steps, log_every=50)
-    teacher.ema_decays = (_ema_decay(teacher_steps),)
-    teacher.eval.sweep_steps = teacher_sweep
-    teacher.eval.sweep_methods = ("ddim", "addim")
-    train.train(teacher, teacher_dir)
-    evaluate.evaluate(teacher, teacher_dir)
-    logging.info("teacher done after %.0f s", time.time() - start)
-
-    for method, steps in students:
-        student_dir = str(epath.Path(workdir) / f"{method}_s{steps}")
-        student = _common(
-            presets.digits_mcm(f"steps={steps},method={method},model={model}"), workdir, samples
+    teacher = digits_runs.teacher_config(
+        workdir, model=budget.model, steps=budget.teacher_steps, samples=budget.samples,
+        sweep_steps=budget.teacher_sweep,
+    )
+    result = [digits_runs.Run("teacher", teacher)]
+    for method, steps in budget.students:
+        student = digits_runs.student_config(
+            workdir, teacher_dir, method=method, sampling_steps=steps, model=budget.model,
+            steps=budget.student_steps, samples=budget.samples,
         )
-        student.teacher.workdir = teacher_dir
-        student.mcm.anneal_iterations = student_steps
-        student.training.update(num_steps=student_steps, checkpoint_every=student_steps, log_every=10)
-        student.ema_decays = (_ema_decay(student_steps),)
-        train.train(student, student_dir)
-        evaluate.evaluate(student, student_dir)
-        logging.info("student %s S=%d done after %.0f s", method, steps, time.time() - start)
+        result.append(digits_runs.Run(f"{method}_s{steps}", student))
+    return result
 
-    table = results_table.format_table(results_table.collect(workdir))
-    (epath.Path(workdir) / "results.md").write_text(table + "\n")
+
+def write_picture(workdir: str, budget: Budget) -> str | None:
+    """results.png: the teacher at 64 aDDIM steps (if swept) and each CD student, one row each,
+    from the same noise and labels; returns its path (None if there is nothing to show)."""
+    root = epath.Path(workdir)
+    rows = []
+    method, steps = PICTURE_TEACHER
+    if steps in budget.teacher_sweep:
+        images, _ = results_picture.load_samples(
+            root / "teacher", f"{method}_{steps}steps", PICTURE_IMAGES
+        )
+        rows.append((f"teacher, {method.upper()} {steps}", images))
+    for kind, s in budget.students:
+        if kind == "cd":
+            images, _ = results_picture.load_samples(
+                root / f"cd_s{s}", f"ddim_{s}steps", PICTURE_IMAGES
+            )
+            rows.append((f"CD, {s} step{'s' * (s > 1)}", images))
+    if not rows:
+        return None
+    path = root / "results.png"
+    results_picture.write_picture(path, rows)
+    return str(path)
+
+
+def run(workdir: str, budget: Budget = Budget(), stream=None) -> str:
+    """Runs (or resumes) every stage in `workdir`; returns the results table (also results.md).
+    Progress lines go to `stream` (default stdout)."""
+    job = runs(workdir, budget)
+    plan = digits_runs.plan_for(job, [progress.Stage("table and picture", 1.0)], stream)
+    index = digits_runs.execute(job, workdir, plan)
+    with plan.run(index):
+        table = results_table.format_table(results_table.collect(workdir))
+        (epath.Path(workdir) / "results.md").write_text(table + "\n")
+        write_picture(workdir, budget)
     return table
+
+
+class _ForTheTerminal(std_logging.Filter):
+    """The project's own warnings (a damaged checkpoint set aside, a data epoch restarted) and
+    every library's errors; library warnings stay in the log file."""
+
+    PACKAGE_DIR = str(epath.Path(__file__).parent)
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        own = record.pathname.startswith(self.PACKAGE_DIR)
+        return record.levelno >= (std_logging.WARNING if own else std_logging.ERROR)
+
+
+def quiet_terminal(log_path: epath.Path) -> TextIO:
+    """Sends every log record (absl, orbax, jax, TensorFlow's Python side, Python warnings) and
+    stray library prints (TFDS's preparation notes) to `log_path`; the terminal keeps only what
+    `_ForTheTerminal` lets through. Returns the terminal's stdout, for the job's own lines."""
+    import tensorflow_datasets as tfds
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 (open for the process)
+    logging.get_absl_handler().python_handler.stream = log_file
+    terminal = std_logging.StreamHandler(sys.stderr)
+    terminal.addFilter(_ForTheTerminal())
+    terminal.setFormatter(std_logging.Formatter("%(levelname)s: %(message)s"))
+    std_logging.getLogger().addHandler(terminal)
+    std_logging.captureWarnings(True)
+    tfds.disable_progress_bar()
+    stdout, sys.stdout = sys.stdout, log_file
+    return stdout
 
 
 FLAGS = flags.FLAGS
@@ -81,24 +139,29 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    quick = FLAGS.quick
-    start = time.time()
-    table = run(
-        paths.resolve_workdir(FLAGS.workdir),
-        model="tiny" if quick else FLAGS.model,
-        teacher_steps=20 if quick else FLAGS.teacher_steps,
-        student_steps=4 if quick else FLAGS.student_steps,
-        samples=64 if quick else FLAGS.samples,
+    workdir = paths.resolve_workdir(FLAGS.workdir)
+    budget = QUICK if FLAGS.quick else Budget(
+        model=FLAGS.model, teacher_steps=FLAGS.teacher_steps,
+        student_steps=FLAGS.student_steps, samples=FLAGS.samples,
     )
-    print(table)
-    print(f"total {time.time() - start:.0f} s; results in {FLAGS.workdir}/results.md")
+    log_path = epath.Path(workdir) / "main_job.log"
+    terminal = quiet_terminal(log_path)
+    print(f"main job in {workdir}; logs in {log_path}", file=terminal, flush=True)
+    start = time.time()
+    table = run(workdir, budget, stream=terminal)
+    print(table, file=terminal)
+    print(
+        f"total {progress.duration(time.time() - start)}; table in {workdir}/results.md, "
+        f"samples in {workdir}/results.png", file=terminal,
+    )
 
 
 if __name__ == "__main__":
+    defaults = Budget()
     flags.DEFINE_string("workdir", "/tmp/mcm_local", "Where runs, data and results go.")
     flags.DEFINE_bool("quick", False, "Tiny network and a few steps: checks the whole path.")
-    flags.DEFINE_enum("model", "digits", ["digits", "tiny"], "The network.")
-    flags.DEFINE_integer("teacher_steps", 400, "Teacher training steps.")
-    flags.DEFINE_integer("student_steps", 40, "Training steps of each student.")
-    flags.DEFINE_integer("samples", 384, "Samples per evaluated sampler.")
+    flags.DEFINE_enum("model", defaults.model, ["digits", "tiny"], "The network.")
+    flags.DEFINE_integer("teacher_steps", defaults.teacher_steps, "Teacher training steps.")
+    flags.DEFINE_integer("student_steps", defaults.student_steps, "Training steps of each student.")
+    flags.DEFINE_integer("samples", defaults.samples, "Samples per evaluated sampler.")
     app.run(main)

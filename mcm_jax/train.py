@@ -22,6 +22,7 @@ from mcm_jax import (
     checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
     resume_config, run_setup, sharding,
 )
+from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
     TrainState, create_train_state, make_optimizer, make_train_step, train_flops_per_example,
@@ -97,8 +98,11 @@ def _mean_metrics(buffer: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run in `workdir` up to config.training.num_steps."""
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, progress: ProgressFn | None = None
+) -> TrainState:
+    """Trains (or resumes) the run in `workdir` up to config.training.num_steps; `progress(step,
+    num_steps)` is called after every step (host-side integers only: it never waits for the device)."""
     from mcm_jax import input_pipeline
 
     setup = RunSetup.create(config)  # validates the config, the one time in a training job
@@ -125,7 +129,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     with watcher:
         state, data_state = _initial_state(trainer, ckpt, teacher_params)
         state = _train_loop(
-            config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params
+            config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params,
+            progress or (lambda done, total: None),
         )
     ckpt.wait()
     ckpt.close()
@@ -160,6 +165,7 @@ def _train_loop(
     state: TrainState,
     data_state: dict | None,
     teacher_params,
+    progress: ProgressFn,
 ) -> TrainState:
     """Steps to config.training.num_steps or to an agreed preemption step, saving on the way."""
     from clu import parameter_overview, periodic_actions
@@ -185,6 +191,7 @@ def _train_loop(
     profiler = profiling.StepProfiler(workdir, t.profile_steps, step + profiling.WARMUP_STEPS)
     grid = grid_sampler(trainer.setup, t.sample_images) if t.sample_every else None
     buffer: list[dict] = []
+    first_step = step
     last_time, last_step = time.time(), step
 
     def check_finite(state):
@@ -199,20 +206,22 @@ def _train_loop(
         batch = sharding.host_local_to_global(next(data), trainer.setup.mesh)
         state, metrics = trainer.train_step(state, batch, teacher_params)
         step += 1
+        progress(step, t.num_steps)
         profiler.after_step(step, metrics)
-        if not buffer and step == last_step + 1:
+        if step == first_step + 1:
             # Time from the end of the first step on, so compilation is not counted as speed.
+            # Besides this one, the loop waits for the device only on log, checkpoint and sample
+            # steps (tests/test_speed_guards.py), so the host keeps dispatching ahead.
             jax.block_until_ready(metrics)
             last_time, last_step = time.time(), step
         buffer.append(metrics)
         report(step)
-        if step % t.log_every == 0 or step == t.num_steps:
+        logged = step % t.log_every == 0 or step == t.num_steps
+        if logged:
             check_finite(state)
             scalars = _mean_metrics(buffer)
             buffer = []
-            now = time.time()
-            steps_per_sec = (step - last_step) / (now - last_time)
-            last_time, last_step = now, step
+            steps_per_sec = (step - last_step) / (time.time() - last_time)
             tflops = flops_per_step * steps_per_sec / jax.device_count() / 1e12
             scalars.update(
                 steps_per_sec=steps_per_sec,
@@ -230,6 +239,10 @@ def _train_loop(
             samples = grid(state.ema_params[0])
             if is_chief:
                 images.write_grid(workdir, f"samples_{step:08d}", samples, writer, step)
+        if logged:
+            # The device has finished this step (its metrics were read): time the next interval
+            # from here, so this step's checkpoint and sample grid are not counted as steps.
+            last_time, last_step = time.time(), step
         if preempted:
             break
     profiler.stop()

@@ -1,15 +1,17 @@
 """The train-step benchmark runs without TensorFlow and reports consistent figures."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from mcm_jax import benchmark, models, presets, train_step
+from mcm_jax import models, presets, train_step
+from mcm_jax.benchmarks import gpu_check, train_step_bench
 
 
 def test_benchmark_module_imports_no_tensorflow():
-    code = "import sys, mcm_jax.benchmark, mcm_jax.train; assert 'tensorflow' not in sys.modules"
+    code = "import sys, mcm_jax.benchmarks.train_step_bench, mcm_jax.train; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -18,12 +20,12 @@ def test_benchmark_figures():
     config = presets.digits_mcm("steps=2,method=ct,model=tiny")
     config.teacher.workdir = "unused"
     config.training.batch_size = 16
-    figures = benchmark.benchmark(config, steps=2, warmup=1)
+    figures = train_step_bench.benchmark(config, steps=2, warmup=1)
     assert figures["step_ms"] > 0
     assert figures["images_per_s"] == pytest.approx(16 / (figures["step_ms"] / 1e3))
     assert "mfu" not in figures  # the CPU has no known peak
     config.peak_tflops_per_device = 0.5
-    figures = benchmark.benchmark(config, steps=2, warmup=1)
+    figures = train_step_bench.benchmark(config, steps=2, warmup=1)
     assert figures["mfu"] == pytest.approx(figures["tflops_per_device"] / 0.5)
 
 
@@ -37,3 +39,84 @@ def test_train_flops_count_every_forward_pass():
     assert train_step.train_flops_per_example(config) == pytest.approx(4 * forward)
     config.objective = "diffusion"
     assert train_step.train_flops_per_example(config) == pytest.approx(3 * forward)
+
+
+# --- the GPU check (mcm_jax.benchmarks.gpu_check, launch/gpu_check.sh) ---
+
+ROW_FIELDS = {"name", "config", "batch", "img_per_s", "tflops_per_device", "mfu", "device_kind",
+              "commit", "jax_version", "cudnn_attention"}
+
+
+def test_gpu_check_imports_no_tensorflow_or_clu():
+    # The GPU image has neither and TensorFlow is too large to carry: the check must not need them.
+    code = (
+        "import sys; sys.modules.update(tensorflow=None, tensorflow_datasets=None, clu=None); "
+        "import mcm_jax.benchmarks.gpu_check"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow  # compiles every item's program on the tiny network
+def test_gpu_check_dry_run_table_and_json(tmp_path, capsys):
+    path = tmp_path / "gpu_check.json"
+    gpu_check.main([
+        "gpu_check", "--dry_run", "--only=diffusion_small,cd_large", "--large_remat=full",
+        "--large_batches=8", f"--json={path}", "--commit=abc1234", "--steps=1",
+    ])
+    result = json.loads(path.read_text())
+    assert result["meta"]["commit"] == "abc1234" and result["meta"]["dry_run"] is True
+    rows = result["rows"]
+    assert [r["name"] for r in rows] == ["diffusion_small", "cd_large"]
+    for row in rows:
+        assert ROW_FIELDS <= set(row) and row["status"] == "ok", row
+        assert row["img_per_s"] > 0 and row["device_kind"] == result["meta"]["device_kind"]
+        assert row["cudnn_attention"] is False  # a CPU runs attention in XLA
+    assert rows[0]["batch"] == 8 and rows[0]["config"] == "tiny diffusion bfloat16"
+    assert rows[1]["batch"] == 8 and rows[1]["remat"] == "full" and rows[1]["best"]
+    printed = capsys.readouterr().out
+    assert "| name | config | remat | batch | img/s | TFLOP/s | MFU | cudnn_attention |" in printed
+    assert "| cd_large (best) | tiny mcm cd S=8 bfloat16 | full | 8 |" in printed
+
+
+def _attempts(fits_up_to: int, log: list):
+    def attempt(batch):
+        log.append(batch)
+        return gpu_check.Row("cd_large", "", batch, status="ok" if batch <= fits_up_to else "oom")
+
+    return attempt
+
+
+@pytest.mark.parametrize(
+    "fits_up_to, start, tried",
+    [
+        (128, 2, [128, 256]),  # the estimate's batch fits, the next one not
+        (512, 1, [64, 128, 256, 512]),  # the estimate was low: go up while they fit
+        (32, 2, [128, 64, 32]),  # too high: go down until one fits
+        (16, 1, [64, 32]),  # nothing fits
+    ],
+)
+def test_gpu_check_largest_batch_search(fits_up_to, start, tried):
+    log = []
+    rows = gpu_check.largest_fitting([32, 64, 128, 256, 512], start, _attempts(fits_up_to, log),
+                                     time_left=lambda cost: True)
+    assert log == tried and [r.batch for r in rows] == tried
+
+
+def test_gpu_check_largest_batch_search_stops_at_the_time_budget():
+    log = []
+    gpu_check.largest_fitting([32, 64, 128], 0, _attempts(128, log), time_left=lambda cost: False)
+    assert log == [32]
+
+
+def test_gpu_check_finds_cudnn_attention_in_hlo_text():
+    hlo = (
+        '%a = custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmax"\n'
+        '%b = custom-call(%x), custom_call_target="__cublas$gemm"\n'
+        '%c = custom-call(%g), custom_call_target="__cudnn$fmhaSoftmaxBackward"\n'
+    )
+    assert train_step_bench.cudnn_attention_calls(hlo) == [
+        "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"
+    ]
+    assert train_step_bench.cudnn_attention_calls(hlo.replace("fmha", "conv")) == []
+    assert gpu_check.is_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1.2GiB"))
+    assert not gpu_check.is_oom(ValueError("config.model.remat: bad"))

@@ -127,11 +127,15 @@ def test_scripts_parse_and_pass_shellcheck(script):
     assert "Usage:" in _run(script, "--help").stdout
 
 
-@pytest.mark.parametrize("script", ["launch/local.sh", "launch/test.sh", "launch/venv.sh"])
+@pytest.mark.parametrize(
+    "script", ["launch/local.sh", "launch/test.sh", "launch/venv.sh", "launch/gpu_check.sh"]
+)
 def test_local_scripts_parse_and_pass_shellcheck(script):
     path = os.path.join(ROOT, script)
     _run("bash", "-n", path)
     _run(_shellcheck(), "-x", "--shell=bash", path)
+    if script == "launch/gpu_check.sh":
+        assert "Usage:" in _run(path, "--help").stdout
 
 
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]

@@ -35,6 +35,7 @@ from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
+from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import RunSetup, check_run_matches, own_sampler
 
 __all__ = ["default_eval_config", "evaluate", "sweep_settings", "validate"]
@@ -163,18 +164,28 @@ class _Job:
         self._samplers: dict[SamplerSetting, Any] = {}
 
     def evaluate_step(
-        self, ckpt: checkpointing.Checkpointer, step: int, max_chunks: int | None
+        self, ckpt: checkpointing.Checkpointer, step: int, max_chunks: int | None,
+        progress: ProgressFn,
     ) -> list[dict]:
-        """Every setting of the sweep at checkpoint `step`; writes the sweep table and plot."""
+        """Every setting of the sweep at checkpoint `step`; writes the sweep table and plot.
+        `progress(done, total)` counts sampler steps times images over the whole sweep."""
         ema = ckpt.restore_ema_params(step, self.setup.abstract_ema_params())
         params = ema[self.config.eval.ema_index]
         step_dir = self.root / f"step_{step:08d}"
-        rows = []
+        e = self.config.eval
+        chunks = sampling.num_chunks(e.num_samples, e.batch_size)
+        total = sum(s.steps for s in self.settings) * chunks
+        rows, done = [], 0
         for setting in self.settings:
-            row = self.evaluate_setting(params, step, setting, step_dir / setting.name, max_chunks)
+            row = self.evaluate_setting(
+                params, step, setting, step_dir / setting.name, max_chunks,
+                lambda k, before=done, s=setting.steps: progress(before + k * s, total),
+            )
             if row is None:
                 return []
             rows.append(row)
+            done += setting.steps * chunks
+            progress(done, total)
         if jax.process_index() == 0:
             report.write_sweep(step_dir, rows, self.space.metric if self.space else None)
         self.writer.flush()
@@ -201,9 +212,10 @@ class _Job:
 
     def evaluate_setting(
         self, params: Any, step: int, setting: SamplerSetting, directory: epath.Path,
-        max_chunks: int | None,
+        max_chunks: int | None, progress: ProgressFn,
     ) -> dict | None:
-        """Samples (resuming), scores and reports one setting; None if max_chunks stopped it."""
+        """Samples (resuming), scores and reports one setting; None if max_chunks stopped it.
+        `progress(chunks_done, chunks)` is called after each chunk."""
         e = self.config.eval
         metrics_path = directory / "metrics.json"
         sampling.check_or_write_spec(directory, self._spec(step, setting))
@@ -213,7 +225,7 @@ class _Job:
         complete = sampling.generate_samples(
             lambda first: sampler(params, first), directory, num_samples=e.num_samples,
             batch_size=e.batch_size, num_classes=data_config.num_classes(self.config.data),
-            max_chunks=max_chunks,
+            max_chunks=max_chunks, progress=progress,
         )
         if not complete:
             return None
@@ -261,12 +273,14 @@ class _Job:
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, max_chunks: int | None = None
+    config: ml_collections.ConfigDict, workdir: str, *, max_chunks: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[dict]:
     """Runs the eval job on the run in `workdir`; returns the sweep rows of the last step evaluated.
 
     `max_chunks` stops after that many new sample chunks (a time slice; rerun to continue), in
-    which case nothing is scored and the result is [].
+    which case nothing is scored and the result is []. `progress(done, total)` follows the sweep
+    of each evaluated step, in sampler steps times chunks.
     """
     setup = RunSetup.create(config)  # validates the run's config, the one time in an eval job
     settings = validate(config, jax.device_count())
@@ -281,7 +295,7 @@ def evaluate(
     job = _Job(setup, settings, epath.Path(workdir) / "eval" / tag)
     rows: list[dict] = []
     for step in steps:
-        rows = job.evaluate_step(ckpt, step, max_chunks)
+        rows = job.evaluate_step(ckpt, step, max_chunks, progress or (lambda done, total: None))
     job.writer.close()
     ckpt.close()
     return rows

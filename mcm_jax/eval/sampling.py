@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from mcm_jax import files, images, losses, samplers, sharding
 from mcm_jax.eval import report
+from mcm_jax.progress import ProgressFn
 from mcm_jax.schedules import Schedule
 
 CHUNK_PATTERN = "chunk_{:06d}.npz"
@@ -137,11 +138,13 @@ def generate_samples(
     batch_size: int,
     num_classes: int,
     max_chunks: int | None = None,
+    progress: ProgressFn = lambda done, total: None,
 ) -> bool:
     """Writes the chunks of `directory` that are missing; True when all are there.
 
     `sample_batch(first_index)` returns the global batch of [-1, 1] images starting at that
     sample index. `max_chunks` bounds the chunks made by this call (a time slice of the job).
+    `progress(chunks_on_disk, total_chunks)` is called after each chunk.
     """
     total = num_chunks(num_samples, batch_size)
     if jax.process_index() == 0:
@@ -164,6 +167,7 @@ def generate_samples(
                 images.to_uint8(np.asarray(batch)[:real]),
                 np.asarray(sample_labels(indices, num_classes), np.int32),
             )
+        progress(len(done) + count, total)
         elapsed = time.time() - start
         remaining = total - len(done) - count
         logging.info(

@@ -1,6 +1,6 @@
 """Times the compiled train step on synthetic batches: img/s, TFLOP/s per device and MFU.
 
-    python -m mcm_jax.benchmark --config=configs/imagenet64_mcm.py:steps=8,method=cd \
+    python -m mcm_jax.benchmarks.train_step_bench --config=configs/imagenet64_mcm.py:steps=8,method=cd \
         --config.training.batch_size=64 --steps=20
 
 Imports no TensorFlow: the batches are random arrays of the model's input shape, and a CD
@@ -9,6 +9,7 @@ teacher is the student's initial parameters (same network, same cost).
 
 from __future__ import annotations
 
+import re
 import time
 
 import jax
@@ -34,9 +35,27 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
     }
 
 
-def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3) -> dict[str, float]:
+def cudnn_attention_calls(hlo_text: str) -> list[str]:
+    """The cuDNN fused-attention custom calls of a compiled program's HLO text (e.g.
+    "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"): empty where attention runs in XLA."""
+    targets = set(re.findall(r'custom_call_target="([^"]+)"', hlo_text))
+    return sorted(
+        t for t in targets
+        if "cudnn" in t.lower() and any(k in t.lower() for k in ("fmha", "attention", "sdpa"))
+    )
+
+
+def benchmark(
+    config: ml_collections.ConfigDict,
+    steps: int = 20,
+    warmup: int = 3,
+    profile_dir: str = "",
+    profile_steps: int = 0,
+) -> dict:
     """Compiles and times `steps` train steps after `warmup`; returns the figures (`mfu` and
-    `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)."""
+    `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)
+    and `cudnn_attention`, the cuDNN attention calls of the compiled step. With `profile_dir`,
+    `profile_steps` more steps are traced there (jax.profiler) after the timed ones."""
     trainer = train.Trainer(RunSetup.create(config))
     state = trainer.init_state()
     teacher = None
@@ -48,6 +67,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 
     start = time.perf_counter()
     compiled = trainer.train_step.lower(state, batch, teacher).compile()
     compile_s = time.perf_counter() - start
+    cudnn_calls = cudnn_attention_calls(compiled.as_text())
     for _ in range(warmup):
         state, metrics = compiled(state, batch, teacher)
     jax.block_until_ready(metrics)
@@ -56,6 +76,11 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 
         state, metrics = compiled(state, batch, teacher)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
+    if profile_dir and profile_steps:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(profile_steps):
+                state, metrics = compiled(state, batch, teacher)
+            jax.block_until_ready((state, metrics))
 
     flops = train_step.train_flops_per_example(config) * config.training.batch_size
     tflops_per_device = flops / step_s / jax.device_count() / 1e12
@@ -65,6 +90,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 
         "images_per_s": config.training.batch_size / step_s,
         "tflops_per_device": tflops_per_device,
         "loss": float(metrics["loss"]),
+        "cudnn_attention": cudnn_calls,
     }
     peak = hardware.peak_tflops(config.peak_tflops_per_device, jax.devices()[0].device_kind)
     if peak:
@@ -81,7 +107,8 @@ def main(argv):
     print(
         f"{device.platform} {device.device_kind} x{jax.device_count()} | {config.model_name} "
         f"{config.objective} {method} | batch {config.training.batch_size} | "
-        f"dtype {config.model.dtype} | attention {config.model.attention_impl}"
+        f"dtype {config.model.dtype} | attention {config.model.attention_impl} "
+        f"(cuDNN attention in the compiled step: {', '.join(figures['cudnn_attention']) or 'none'})"
     )
     mfu = (
         f"MFU {100 * figures['mfu']:.1f}% of {figures['peak_tflops']:g} TFLOP/s"

@@ -1,0 +1,97 @@
+"""The miniature's plumbing: its runs, its report from their numbers, a resumable tiny end-to-end."""
+
+import dataclasses
+import io
+
+import pytest
+
+from mcm_jax import miniature
+
+TINY = miniature.Scale(
+    model="tiny", teacher_steps=4, student_steps=2, samples=24, seeds=2,
+    student_sampling_steps=(1, 2), teacher_sweep=(1, 2, 64), ablation_sampling_steps=2,
+    teacher_steps_annealed=(4, 16), teacher_steps_constant=(4, 16),
+)
+# End to end: every kind of run once or twice (each compiles its programs: about a minute).
+TINIER = dataclasses.replace(
+    TINY, student_sampling_steps=(2,), teacher_sweep=(2, 64), teacher_steps_constant=(16,)
+)
+
+
+def test_runs_cover_every_table_once(tmp_path):
+    runs = miniature.runs(str(tmp_path), TINY)
+    names = [run.name for run in runs]
+    assert names[0] == "teacher" and len(set(names)) == len(names)
+    assert {"ct_s1_seed0", "cd_s2_seed1", "cd_s2_constant4", "cd_s2_constant16",
+            "cd_s2_ddim_teacher", "cd_s2_snr_plus_one"} <= set(names)
+    assert len(names) == 1 + 2 * 2 * 2 + 2 + 2
+    config = {run.name: run.config for run in runs}
+    assert config["cd_s2_seed1"].seed == 1 and config["cd_s2_seed1"].eval.seed == 0  # same noise
+    assert (config["cd_s2_constant16"].mcm.teacher_steps_start,
+            config["cd_s2_constant16"].mcm.teacher_steps_end) == (16, 16)
+    assert (config["cd_s2_seed0"].mcm.teacher_steps_start,
+            config["cd_s2_seed0"].mcm.teacher_steps_end) == (4, 16)
+    assert config["cd_s2_ddim_teacher"].mcm.xvar_frac == 0.0
+    assert config["cd_s2_snr_plus_one"].mcm.weighting == "snr_plus_one"
+    assert config["teacher"].eval.sweep_steps == (1, 2, 64)
+    assert config["teacher"].eval.sweep_methods == ("ddim", "addim")
+
+
+def _summary(cd_fd, ct_fd, ddim, addim, annealed, constant, ddim_teacher, snr):
+    table1 = {}
+    for method, fds in (("cd", cd_fd), ("ct", ct_fd)):
+        for s, fd in zip(TINY.student_sampling_steps, fds):
+            table1[(method, s)] = {"fd_digits": (fd, 0.5), "class_accuracy": (0.9, 0.01)}
+    teacher = {("ddim", n): (fd, 0.9) for n, fd in zip(TINY.teacher_sweep, ddim)}
+    teacher |= {("addim", n): (fd, 0.9) for n, fd in zip(TINY.teacher_sweep, addim)}
+    return {
+        "table1": table1, "teacher": teacher, "annealed": annealed,
+        "constant": dict(zip(TINY.teacher_steps_constant, constant)),
+        "ddim_teacher": ddim_teacher, "addim_teacher": annealed, "v_loss": annealed,
+        "snr_plus_one": snr, "seed_sd": 0.5,
+    }
+
+
+def test_claims_follow_the_numbers():
+    agreeing = _summary([9.0, 6.0], [12.0, 8.0], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
+                        annealed=6.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=9.0)
+    paragraphs = miniature.claims(agreeing, TINY)
+    assert len(paragraphs) == 6
+    assert all("**Agrees.**" in p for p in paragraphs[:5])
+    assert "9.00 → 6.00" in paragraphs[0] and "12.00 → 8.00" in paragraphs[0]
+    assert "v-space is clearly better" in paragraphs[5]
+    disagreeing = _summary([6.0, 9.0], [5.0, 8.0], [20.0, 10.0, 5.0], [30.0, 15.0, 4.5],
+                           annealed=8.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=8.2)
+    paragraphs = miniature.claims(disagreeing, TINY)
+    assert all("**Does not agree.**" in p for p in paragraphs[:5])
+    assert "within the seed spread" in paragraphs[5]
+
+
+def test_report_has_every_table_and_the_provenance():
+    summary = _summary([9.0, 6.0], [12.0, 8.0], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
+                       annealed=6.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=9.0)
+    meta = {"command": "python -m mcm_jax.miniature --x", "commit": "abc1234",
+            "machine": "2 CPU cores (test)", "duration": "1h02m"}
+    text = miniature.report(summary, TINY, meta)
+    assert "python -m mcm_jax.miniature --x" in text and "`abc1234`" in text
+    assert "2 CPU cores (test), 1h02m in all" in text
+    assert "| 2 | 8.00 ± 0.50 (0.90 ± 0.01) | 6.00 ± 0.50 (0.90 ± 0.01) |" in text
+    assert "| 64 | 5.00 | 4.50 | 0.900 | 0.900 |" in text
+    assert "| teacher steps constant 16 | 6.50 |" in text
+    assert "miniature_samples.png" in text and "miniature_fd_steps.png" in text
+
+
+@pytest.mark.slow
+def test_tiny_miniature_end_to_end_then_reuses_finished_runs(tmp_path):
+    out = tmp_path / "docs"
+    lines = io.StringIO()
+    path = miniature.run(str(tmp_path / "work"), str(out), TINIER, "cmd", stream=lines)
+    text = path.read_text()
+    assert "## Table 1" in text and text.count("**Agrees.**") + text.count("**Does not agree.**") == 5
+    assert (out / "miniature_samples.png").exists() and (out / "miniature_fd_steps.png").exists()
+    stages = lines.getvalue().splitlines()
+    assert len(stages) == 2 * 8 + 1 and stages[-1].startswith("[17/17] report")
+    # A rerun trains and samples nothing (every run is finished) and reports the same numbers.
+    again = io.StringIO()
+    miniature.run(str(tmp_path / "work"), str(out), TINIER, "cmd", stream=again)
+    assert path.read_text().split("Every number")[1] == text.split("Every number")[1]
