@@ -176,12 +176,17 @@ def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None
     return None
 
 
-def with_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """Sets `model` to the named UViT configuration; its `name` field says which, the one place
-    the name is kept (the command line cannot change it: that would change no layer)."""
+def with_model(config: ml_collections.ConfigDict, name: str, **overrides) -> ml_collections.ConfigDict:
+    """Sets `model` to the named UViT configuration plus overrides of its fields; its `name` field
+    says which, the one place the name is kept (the command line cannot change it: that would
+    change no layer)."""
     from mcm_jax.models import model_config
 
     config.model = model_config(name)
+    for key, value in overrides.items():
+        if key not in config.model or key == "name":
+            raise ValueError(f"with_model: {key!r} is no field of the network config to override")
+        config.model[key] = value
     return config
 
 

@@ -86,9 +86,11 @@ def checked_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
 
 def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """(H, W, C) of one example: C is 1 for digits, 3 for the others. The model's input shape:
-    the network config holds no resolution or channels of its own."""
-    spec = checked_spec(data_config)
-    return (data_config.resolution, data_config.resolution, spec.channels)
+    the network config holds no resolution or channels of its own. Whether the data set can give
+    data.resolution is the input pipeline's check (`checked_spec`): a model or benchmark on
+    synthetic data may run at any resolution."""
+    channels = dataset_spec(data_config.name).channels
+    return (data_config.resolution, data_config.resolution, channels)
 
 
 def num_classes(data_config: ml_collections.ConfigDict) -> int:
