@@ -111,14 +111,24 @@ def plan_for(runs: list[Run], extra: list[progress.Stage] = (), stream=None) -> 
     return progress.Plan([s for run in runs for s in run.stages()] + list(extra), stream)
 
 
+class Stopped(Exception):
+    """A run saved and stopped early (SIGTERM: a preemption notice, a time limit)."""
+
+
 def execute(runs: list[Run], workdir: str, plan: progress.Plan, first_stage: int = 0) -> int:
     """Trains and evaluates each run in <workdir>/<run.name> (resuming what is there), reporting
-    to `plan` from stage `first_stage`; returns the index of the next stage."""
+    to `plan` from stage `first_stage`; returns the index of the next stage. Raises `Stopped`
+    when a run saved and stopped on a signal, so nothing is built on an unfinished run."""
     index = first_stage
     for run in runs:
         run_dir = str(epath.Path(workdir) / run.name)
         with plan.run(index) as report:
-            train.train(run.config, run_dir, progress=report)
+            state = train.train(run.config, run_dir, progress=report)
+        if int(state.step) < run.config.training.num_steps:
+            raise Stopped(
+                f"{run.name} saved step {int(state.step)} of {run.config.training.num_steps} and "
+                "stopped on a signal; rerun the same command to continue"
+            )
         with plan.run(index + 1) as report:
             evaluate.evaluate(run.config, run_dir, progress=report)
         index += 2

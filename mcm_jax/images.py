@@ -1,4 +1,4 @@
-"""Image helpers: [-1, 1] floats to uint8, grids of samples, PNG files."""
+"""Image helpers: [-1, 1] floats to uint8, grids of samples, PNG files, matplotlib figures."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def save_png(path: str, image: np.ndarray) -> None:
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
+
+
+def save_figure(figure, path: str | epath.Path, dpi: int = 100) -> None:
+    """Writes a matplotlib figure as PNG (local or gs:// paths) and closes it."""
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    epath.Path(path).write_bytes(buffer.getvalue())
 
 
 def write_grid(workdir: str, name: str, samples: np.ndarray, writer=None, step: int = 0) -> str:

@@ -148,7 +148,11 @@ def main(argv):
     terminal = quiet_terminal(log_path)
     print(f"main job in {workdir}; logs in {log_path}", file=terminal, flush=True)
     start = time.time()
-    table = run(workdir, budget, stream=terminal)
+    try:
+        table = run(workdir, budget, stream=terminal)
+    except digits_runs.Stopped as stopped:
+        print(f"stopped: {stopped}", file=terminal)
+        return
     print(table, file=terminal)
     print(
         f"total {progress.duration(time.time() - start)}; table in {workdir}/results.md, "

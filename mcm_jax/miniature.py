@@ -16,7 +16,6 @@ workdir under --workdir; rerunning reuses finished runs and resumes an interrupt
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import platform
 import subprocess
@@ -27,7 +26,9 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from mcm_jax import digits_runs, main_job, paths, progress, results_picture, results_table
+from mcm_jax import (
+    digits_runs, images, main_job, paths, progress, results_picture, results_table,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +183,7 @@ def plot_fd_against_steps(path: epath.Path, summary: dict, scale: Scale) -> None
     axes.grid(True, alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    path.write_bytes(buffer.getvalue())
+    images.save_figure(figure, path, dpi=110)
 
 
 def write_samples_picture(path: epath.Path, workdir: str, scale: Scale) -> None:
@@ -410,7 +408,11 @@ def main(argv):
     terminal = main_job.quiet_terminal(log_path)
     print(f"miniature in {workdir} ({FLAGS.scale}); logs in {log_path}", file=terminal, flush=True)
     command = " ".join(["python -m mcm_jax.miniature"] + sys.argv[1:])
-    path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command, stream=terminal)
+    try:
+        path = run(workdir, FLAGS.out, SCALES[FLAGS.scale], command, stream=terminal)
+    except digits_runs.Stopped as stopped:
+        print(f"stopped: {stopped}", file=terminal)
+        return
     print(f"report in {path}", file=terminal)
 
 

@@ -8,7 +8,6 @@ start from the same noise (the paper's Fig. 2). The rows come from each setting'
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,7 +63,4 @@ def write_picture(
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
     figure.subplots_adjust(left=label_width / (width / dpi + label_width), right=1, top=1,
                            bottom=0, hspace=0.1)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
-    epath.Path(path).write_bytes(buffer.getvalue())
+    images.save_figure(figure, path, dpi=dpi)

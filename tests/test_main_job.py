@@ -66,3 +66,19 @@ def test_terminal_shows_stage_lines_not_library_logs(tmp_path):
     # Nothing from the libraries' INFO or WARNING logs reaches the terminal.
     assert " INFO" not in result.stderr and "checkpoint_manager.py" not in result.stderr
     assert len(result.stdout.splitlines()) + len(result.stderr.splitlines()) < 80
+
+
+def test_a_run_stopped_by_a_signal_stops_the_job_before_anything_uses_it(tmp_path, monkeypatch):
+    """SIGTERM makes train.train save and return early; nothing may evaluate or distil from it."""
+    from types import SimpleNamespace
+
+    from mcm_jax import digits_runs
+
+    calls = []
+    monkeypatch.setattr(digits_runs.train, "train",
+                        lambda config, workdir, progress: SimpleNamespace(step=7))
+    monkeypatch.setattr(digits_runs.evaluate, "evaluate",
+                        lambda *args, **kwargs: calls.append("evaluate"))
+    with pytest.raises(digits_runs.Stopped, match="teacher saved step 7 of 20 and stopped"):
+        main_job.run(str(tmp_path), main_job.QUICK, stream=io.StringIO())
+    assert calls == []

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from etils import epath
 
+from mcm_jax import images
+
 SWEEP_NAME = "sweep"
 
 
@@ -60,7 +62,4 @@ def _plot(path: epath.Path, rows: Sequence[dict], metric: str) -> None:
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    path.write_bytes(buffer.getvalue())
+    images.save_figure(figure, path, dpi=100)
