@@ -246,7 +246,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"config.model.name: {config.model.name!r} is not one of {NAMES}; choose the network "
         "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
-    validate_model(config.model, config.data.resolution)
+    validate_model(config.model, config.data.resolution, "config.data.resolution")
     schedule_from_config(config)
     check_pools_fit(config, "diffusion")
     if config.objective == "mcm":

@@ -170,7 +170,7 @@ def _bad(config, **changes):
         ({"mcm.student_steps": 0, "objective": "mcm", "teacher.workdir": "x"}, "config.mcm: student_steps"),
         ({"objective": "mcm", "teacher.workdir": ""}, "config.teacher.workdir"),
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
-        ({"data.resolution": 32}, "config.data.resolution"),
+        ({"data.resolution": 18}, "config.data.resolution: 18 must be a positive multiple of 4"),
     ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, changes, message):
