@@ -46,7 +46,7 @@ setup(
     name="mcm_jax",
     version="0.1.0",
     description=__doc__,
-    packages=find_packages(include=["mcm_jax", "mcm_jax.*", "configs"]),
+    packages=find_packages(include=["mcm_jax", "mcm_jax.*"]),  # configs/ are files, loaded by path
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -8,25 +8,20 @@ Argument: `size=small|large` (default small): the paper's base (397M) and large 
 which add a 128-channel ResNet level at 128x128 to the ImageNet64 ones (dropout per the paper's
 appendix A.1: 0.1 on the small middle stack; 0.1 on every block of the large network except those
 at 128x128). Everything else, including the optimizer choices, is
-`imagenet64_diffusion.imagenet_teacher`; the schedule interpolates from 32 px to 128 px. As in the
+`mcm_jax.presets.imagenet_teacher`; the schedule interpolates from 32 px to 128 px. As in the
 paper, the loss is simple diffusion's multiscale loss with one 2x2 average pooling (128 and 64 px).
 
 `--mode=eval` defaults to the paper's teacher baseline, 512 aDDIM steps; the small (base) network
-is evaluated with classifier-free guidance of weight GUIDANCE_WEIGHT, because the paper guides its
-base ImageNet128 models (section 5.1) without giving the weight. GUIDANCE_WEIGHT is ours, in the
+is evaluated with classifier-free guidance of weight `presets.IMAGENET128_GUIDANCE_WEIGHT` (0.2),
+because the paper guides its base ImageNet128 models (section 5.1) without giving the weight.
+That weight is ours, in the
 convention x = x_cond + w (x_cond - x_uncond) (w = 0: no guidance): small, because FID is lowest
 at mild guidance and grows as stronger guidance trades diversity for fidelity. The small CD
 student distils the teacher guided with the same weight (`imagenet128_mcm`).
 """
 
-from configs.imagenet64_diffusion import imagenet_teacher, with_paper_eval
-
-GUIDANCE_WEIGHT = 0.2
+from mcm_jax import presets
 
 
 def get_config(arg: str = ""):
-    config = with_paper_eval(imagenet_teacher(128, arg))
-    config.diffusion.multiscale_pools = 1
-    if config.model_name == "imagenet128_small":
-        config.eval.guidance_weight = GUIDANCE_WEIGHT
-    return config
+    return presets.imagenet_diffusion(128, arg)

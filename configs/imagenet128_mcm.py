@@ -8,9 +8,9 @@
 Argument: `steps=S,method=cd|ct,size=small|large` (defaults 8, cd, small); the paper's settings of
 `imagenet64_mcm` at 128 px, with two differences. First, the paper distils the base (small)
 ImageNet128 model with classifier-free guidance; its weight is our choice,
-`imagenet128_diffusion.GUIDANCE_WEIGHT` (the teacher's eval uses the same weight, and that
-docstring says why it is small). Only CD can be guided (CT has no teacher network), so small CT
-runs and all large runs are unguided. Override with `--config.mcm.guidance_weight=...`.
+`mcm_jax.presets.IMAGENET128_GUIDANCE_WEIGHT` (the teacher's eval uses the same weight, and
+imagenet128_diffusion.py's docstring says why it is small). Only CD can be guided (CT has no
+teacher network), so small CT runs and all large runs are unguided. Override with `--config.mcm.guidance_weight=...`.
 
 Second, the consistency loss is multiscale like the teacher's (`mcm.multiscale_pools = 1`: 128 px
 plus one 2x2 average pooling to 64 px). The paper's appendix A.1 says the ImageNet128 network "is
@@ -20,13 +20,8 @@ literal reading. `--config.mcm.multiscale_pools=0` gives the single-scale loss o
 students.
 """
 
-from configs.imagenet128_diffusion import GUIDANCE_WEIGHT
-from configs.imagenet64_mcm import imagenet_student
+from mcm_jax import presets
 
 
 def get_config(arg: str = ""):
-    config = imagenet_student(128, arg)
-    if config.model_name == "imagenet128_small" and config.mcm.method == "cd":
-        config.mcm.guidance_weight = GUIDANCE_WEIGHT
-    config.mcm.multiscale_pools = 1
-    return config
+    return presets.imagenet_mcm(128, arg)

@@ -19,37 +19,8 @@ norm 1, EMA 0.9999).
 `teacher.workdir` stays "" here and must be given (`--config.teacher.workdir=...`).
 """
 
-from mcm_jax import config_lib
-from configs.imagenet64_diffusion import SIZES, choice, imagenet_teacher
-
-METHODS = ("cd", "ct")
-
-
-def student_args(arg: str, **defaults) -> dict:
-    """Parses `steps=S,method=cd|ct` plus `defaults`' keys; `steps` comes back as an int."""
-    args = config_lib.parse_arg(arg, steps=8, method="cd", **defaults)
-    if args["steps"] < 1:
-        raise ValueError(f"config argument steps={args['steps']}: expected an integer >= 1")
-    return {**args, "method": choice(args, "method", METHODS)}
-
-
-def make_student(config, steps: int, method: str):
-    """Turns a teacher config into its S-step student with the paper's MCM settings: the other
-    `config.mcm` fields keep `config_lib.base_config`'s defaults, which are the paper's."""
-    config.objective = "mcm"
-    config.mcm.method = method
-    config.mcm.student_steps = steps
-    config.teacher.workdir = ""
-    config.training.num_steps = 200_000
-    return config
-
-
-def imagenet_student(resolution: int, arg: str):
-    """The ImageNet student at `resolution` (64 or 128) for `steps=...,method=...,size=...`."""
-    args = student_args(arg, size="small")
-    size = choice(args, "size", SIZES)
-    return make_student(imagenet_teacher(resolution, f"size={size}"), args["steps"], args["method"])
+from mcm_jax import presets
 
 
 def get_config(arg: str = ""):
-    return imagenet_student(64, arg)
+    return presets.imagenet_mcm(64, arg)

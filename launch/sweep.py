@@ -16,11 +16,15 @@ returns the runs as dicts, for scripts and tests.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import shlex
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from mcm_jax import cli, config_lib
 
 METHODS = ("cd", "ct")
 LAUNCHERS = ("python", "slurm", "tpu_vm")
@@ -107,51 +111,52 @@ def expand(
 def check_configs(runs: list[dict]) -> None:
     """Builds each run's config once, so a bad config argument fails before anything launches."""
     for config in sorted({run["config"] for run in runs}):
-        path, _, arg = config.partition(":")
-        spec = importlib.util.spec_from_file_location("sweep_config", path)
-        if spec is None or not os.path.isfile(path):
-            raise ValueError(f"config: no config file {path!r}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.get_config(arg)
+        config_lib.load_config_file(config)
 
 
-def _csv(value: str) -> list[str]:
-    return [item for item in value.split(",") if item]
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+flags.DEFINE_string("config", None, "an MCM config file, e.g. configs/imagenet64_mcm.py",
+                    flag_values=FLAGS, required=True)
+flags.DEFINE_string("args", "", "further config arguments, e.g. size=large", flag_values=FLAGS)
+flags.DEFINE_list("steps", None, "student step counts, e.g. 1,2,4,8", flag_values=FLAGS,
+                  required=True)
+flags.register_validator("steps", lambda steps: all(s.isdigit() for s in steps or ()),
+                         "--steps: need comma-separated integers", flag_values=FLAGS)
+flags.DEFINE_list("methods", list(METHODS), "cd, ct or cd,ct (default)", flag_values=FLAGS)
+flags.DEFINE_string("teacher_workdir", None, "the diffusion teacher's workdir", flag_values=FLAGS,
+                    required=True)
+flags.DEFINE_string("workdir_root", None, "each run's workdir is ROOT/NAME", flag_values=FLAGS,
+                    required=True)
+flags.DEFINE_multi_string(
+    "override", [], "a main.py flag for every run, e.g. --override=--config.data.data_dir=gs://...",
+    flag_values=FLAGS,
+)
+flags.DEFINE_multi_string("eval_override", [], "a main.py flag for the eval runs only",
+                          flag_values=FLAGS)
+flags.DEFINE_enum("launcher", "python", LAUNCHERS, "how each command is launched",
+                  flag_values=FLAGS)
+flags.DEFINE_string("launcher_args", "", "flags for the launcher, e.g. '--nodes=4 --partition=gpu'",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("json", False, "print the runs as a JSON list", flag_values=FLAGS)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="an MCM config file, e.g. configs/imagenet64_mcm.py")
-    parser.add_argument("--args", default="", help="further config arguments, e.g. size=large")
-    parser.add_argument("--steps", required=True, help="student step counts, e.g. 1,2,4,8")
-    parser.add_argument("--methods", default="cd,ct", help="cd, ct or cd,ct (default)")
-    parser.add_argument("--teacher_workdir", required=True, help="the diffusion teacher's workdir")
-    parser.add_argument("--workdir_root", required=True, help="each run's workdir is ROOT/NAME")
-    parser.add_argument("--override", action="append", default=[],
-                        help="a main.py flag for every run, e.g. --override=--config.data.data_dir=gs://...")
-    parser.add_argument("--eval_override", action="append", default=[],
-                        help="a main.py flag for the eval runs only")
-    parser.add_argument("--launcher", default="python", choices=LAUNCHERS)
-    parser.add_argument("--launcher_args", default="",
-                        help="flags for the launcher, e.g. '--nodes=4 --partition=gpu'")
-    parser.add_argument("--json", action="store_true", help="print the runs as a JSON list")
-    args = parser.parse_args(argv)
-    try:
-        steps = [int(s) for s in _csv(args.steps)]
-    except ValueError:
-        parser.error(f"--steps: need comma-separated integers, got {args.steps!r}")
+def main(argv: Sequence[str]) -> None:
+    """Prints the sweep's commands; `argv` is the command line, program name first. A bad argument
+    ends in `error: ...` on stderr and exit status 2."""
+    if len(FLAGS(argv)) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     try:
         runs = expand(
-            args.config, steps, _csv(args.methods), args.teacher_workdir, args.workdir_root,
-            config_args=args.args, overrides=tuple(args.override),
-            eval_overrides=tuple(args.eval_override), launcher=args.launcher,
-            launcher_args=tuple(shlex.split(args.launcher_args)),
+            FLAGS.config, [int(s) for s in FLAGS.steps], FLAGS.methods, FLAGS.teacher_workdir,
+            FLAGS.workdir_root, config_args=FLAGS.args, overrides=tuple(FLAGS.override),
+            eval_overrides=tuple(FLAGS.eval_override), launcher=FLAGS.launcher,
+            launcher_args=tuple(shlex.split(FLAGS.launcher_args)),
         )
         check_configs(runs)
     except ValueError as error:
-        parser.error(str(error))
-    if args.json:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS.json:
         print(json.dumps(runs, indent=2))
         return
     for mode in ("train", "eval"):
@@ -162,4 +167,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, FLAGS)

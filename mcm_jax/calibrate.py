@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mcm_jax import checkpointing, diffusion, files, paths, samplers, sharding
+from mcm_jax import checkpointing, data_config, diffusion, files, paths, samplers, sharding
 from mcm_jax.eval import config as eval_config
 from mcm_jax.run_setup import RunSetup
 
@@ -89,7 +89,7 @@ def make_error_sums(setup: RunSetup, times: np.ndarray):
     """jitted (params, image, label, mask, rng) -> (sums, count): per t, the sum over the real
     examples (mask) of ‖x − x̂(z_t)‖²/d, one t at a time (lax.map); batch split over the mesh."""
     schedule, model_fn = setup.schedule, setup.model_fn
-    num_classes = setup.config.model.num_classes
+    num_classes = data_config.num_classes(setup.config.data)
 
     def error_sums(params, image, label, mask, rng):
         label = label if num_classes else jnp.zeros_like(label)  # unconditional: the null label

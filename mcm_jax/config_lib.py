@@ -1,19 +1,23 @@
 """The experiment configuration: defaults for every field and the checks run before any compute.
 
-Config files in configs/ start from `base_config()` and override fields; every field can be
-overridden on the command line (`--config.mcm.student_steps=8`). `validate` turns a bad value into
-a ValueError that names the field and says what is allowed.
+Config files in configs/ (loaded by path: `load_config_file`) build on `base_config()` through
+mcm_jax.presets; every field can be overridden on the command line (`--config.mcm.student_steps=8`)
+except `model.name` (the config file's argument picks the network). `validate` turns a bad value
+into a ValueError that names the field and says what is allowed; the loss blocks are checked by
+the loss layer as their configs are built (mcm_jax.train_step), and `run_setup.validate` runs
+both, once per job.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 from flax import traverse_util
 
-from mcm_jax import losses
-from mcm_jax.data_config import default_data_config
+from mcm_jax.data_config import default_data_config, num_classes
 from mcm_jax.eval.config import default_eval_config
 from mcm_jax.schedules import get_schedule
 
@@ -28,8 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.objective = "diffusion"  # "diffusion" (teacher) | "mcm" (student, CT or CD)
 
-    c.model_name = "tiny"  # a name of mcm_jax.models.model_config; fields below override it
-    c.model = ml_collections.ConfigDict()  # filled by with_model()
+    # The network: a named mcm_jax.models.model_config (model.name) with fields overridden;
+    # filled by with_model(). Image resolution, channels and classes are the data's.
+    c.model = ml_collections.ConfigDict()
 
     c.data = default_data_config("digits")  # fields: see mcm_jax.data_config
 
@@ -104,6 +109,20 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file in `spec`, "path[:arg]" as --config takes it. The file
+    is loaded by path, as ml_collections' config_flags loads it (configs/ is not a package);
+    a missing file is a ValueError naming it."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"config: no config file {path!r}")
+    module_name = "mcm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    loader_spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
     """Parses a config argument string 'a=1,b=x' over `defaults`, each value cast to its default's
     type (bool from true/false/1/0, as big_vision's `parse_arg`); unknown keys are an error."""
@@ -158,12 +177,15 @@ def override_error(config: ml_collections.ConfigDict, dotted: str) -> str | None
 
 
 def with_model(config: ml_collections.ConfigDict, name: str, **overrides) -> ml_collections.ConfigDict:
-    """Sets `model_name` and `model` to the named UViT configuration plus overrides."""
+    """Sets `model` to the named UViT configuration plus overrides of its fields; its `name` field
+    says which, the one place the name is kept (the command line cannot change it: that would
+    change no layer)."""
     from mcm_jax.models import model_config
 
-    config.model_name = name
     config.model = model_config(name)
     for key, value in overrides.items():
+        if key not in config.model or key == "name":
+            raise ValueError(f"with_model: {key!r} is no field of the network config to override")
         config.model[key] = value
     return config
 
@@ -187,29 +209,12 @@ def schedule_from_config(config: ml_collections.ConfigDict):
 
 
 def null_label(config: ml_collections.ConfigDict) -> int:
-    """The label index that means 'no class' (classifier-free guidance, unconditional data)."""
-    return int(config.model.num_classes)
+    """The label index that means 'no class' (classifier-free guidance, unconditional data): the
+    data set's number of classes."""
+    return num_classes(config.data)
 
 
-def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
-    """The teacher's loss settings from `config.diffusion`; errors name the field."""
-    d = config.diffusion
-    try:
-        loss_config = losses.DiffusionLossConfig(
-            weighting=d.weighting,
-            distance=d.distance,
-            huber_c=d.huber_c,
-            label_dropout=d.label_dropout,
-            null_label=null_label(config),
-            multiscale_pools=d.multiscale_pools,
-        )
-    except ValueError as e:
-        raise ValueError(f"config.diffusion: {e}") from None
-    _check_pools_fit(config, "diffusion")
-    return loss_config
-
-
-def _check_pools_fit(config: ml_collections.ConfigDict, section: str) -> None:
+def check_pools_fit(config: ml_collections.ConfigDict, section: str) -> None:
     """config.<section>.multiscale_pools 2x2 poolings must divide the image resolution."""
     pools = config[section].multiscale_pools
     _require(
@@ -219,60 +224,33 @@ def _check_pools_fit(config: ml_collections.ConfigDict, section: str) -> None:
     )
 
 
-def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
-    """The student's loss settings from `config.mcm`; errors name the field."""
-    m = config.mcm
-    try:
-        loss_config = losses.ConsistencyLossConfig(
-            method=m.method,
-            student_steps=m.student_steps,
-            teacher_steps_start=m.teacher_steps_start,
-            teacher_steps_end=m.teacher_steps_end,
-            anneal_iterations=m.anneal_iterations,
-            xvar_frac=m.xvar_frac,
-            huber_c=m.huber_c,
-            weighting=m.weighting,
-            guidance_weight=m.guidance_weight,
-            null_label=null_label(config),
-            multiscale_pools=m.multiscale_pools,
-        )
-    except ValueError as e:
-        raise ValueError(f"config.mcm: {e}") from None
-    _check_pools_fit(config, "mcm")
-    return loss_config
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Checks every field the trainer uses; raises ValueError naming the first bad one."""
+    """Checks every field the trainer uses, except the loss blocks (`config.diffusion`,
+    `config.mcm`), which the loss layer checks as it builds its configs
+    (`run_setup.validate` runs both); raises ValueError naming the first bad one."""
     import jax
 
-    from mcm_jax.models import NAMES, build, validate as validate_model
+    from mcm_jax.models import NAMES, validate as validate_model
 
     _require(
         config.objective in OBJECTIVES,
         f"config.objective: {config.objective!r} is not one of {OBJECTIVES}",
     )
     _require(
-        config.model_name in NAMES,
-        f"config.model_name: {config.model_name!r} is not one of {NAMES}; choose the network "
+        config.model.name in NAMES,
+        f"config.model.name: {config.model.name!r} is not one of {NAMES}; choose the network "
         "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
-    build(config.model)
-    validate_model(config.model, config.data.resolution)
-    _require(
-        config.model.resolution == config.data.resolution,
-        f"config.data.resolution ({config.data.resolution}) must equal config.model.resolution "
-        f"({config.model.resolution})",
-    )
+    validate_model(config.model, config.data.resolution, "config.data.resolution")
     schedule_from_config(config)
-    diffusion_loss_config(config)
+    check_pools_fit(config, "diffusion")
     if config.objective == "mcm":
-        consistency_loss_config(config)
+        check_pools_fit(config, "mcm")
         _require(
             bool(config.teacher.workdir),
             "config.teacher.workdir: objective 'mcm' needs the workdir of a trained diffusion teacher",

@@ -69,3 +69,31 @@ def dataset_spec(name: str) -> DatasetSpec:
             f"data.name={name!r} is not supported: expected one of {sorted(DATASETS)}."
         )
     return DATASETS[name]
+
+
+def checked_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
+    """The data set's spec, after checking that it can give data.resolution."""
+    spec = dataset_spec(data_config.name)
+    if data_config.resolution not in spec.resolutions:
+        raise ValueError(
+            f"data.resolution={data_config.resolution} is not available for "
+            f"data.name={data_config.name!r}: set data.resolution to one of {spec.resolutions}"
+            + ("." if data_config.name in ("digits", "imagenet2012") else
+               " (imagenet2012 gives 64 and 128).")
+        )
+    return spec
+
+
+def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, C) of one example: C is 1 for digits, 3 for the others. The model's input shape:
+    the network config holds no resolution or channels of its own. Whether the data set can give
+    data.resolution is the input pipeline's check (`checked_spec`): a model or benchmark on
+    synthetic data may run at any resolution."""
+    channels = dataset_spec(data_config.name).channels
+    return (data_config.resolution, data_config.resolution, channels)
+
+
+def num_classes(data_config: ml_collections.ConfigDict) -> int:
+    """Number of class labels (labels are 0 .. num_classes - 1; num_classes is the model's null
+    label)."""
+    return dataset_spec(data_config.name).num_classes

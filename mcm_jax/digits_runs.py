@@ -13,8 +13,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import evaluate, progress, train
+from mcm_jax import presets, progress, train
+from mcm_jax.eval import evaluate
 
 # Forward-pass equivalents per example of one train step (a backward pass costs about two), for
 # the time-left estimate: diffusion = student fwd + bwd; CT adds a target forward; CD adds the
@@ -56,7 +56,7 @@ def teacher_config(
     overrides: dict[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
     """The digits diffusion teacher trained for `steps`, evaluated over a sampler sweep."""
-    config = _common(digits_diffusion.get_config(f"model={model}"), workdir, samples, seed)
+    config = _common(presets.digits_diffusion(f"model={model}"), workdir, samples, seed)
     config.training.update(num_steps=steps, checkpoint_every=steps, log_every=50)
     config.ema_decays = (_ema_decay(steps),)
     config.eval.sweep_steps = tuple(sweep_steps)
@@ -71,7 +71,7 @@ def student_config(
     """A CD or CT student of `sampling_steps` (S) trained for `steps` from the teacher in
     `teacher_dir` (teacher steps annealed over the whole run unless overridden; warm-up at most
     a fifth of the run)."""
-    config = digits_mcm.get_config(f"steps={sampling_steps},method={method},model={model}")
+    config = presets.digits_mcm(f"steps={sampling_steps},method={method},model={model}")
     config = _common(config, workdir, samples, seed)
     config.teacher.workdir = teacher_dir
     config.mcm.anneal_iterations = steps

@@ -23,7 +23,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import mcm_jax.datasets.digits  # noqa: F401  (registers the TFDS builder "digits")
-from mcm_jax.data_config import DatasetSpec, dataset_spec, default_data_config
+from mcm_jax.data_config import (  # noqa: F401 (image_shape, num_classes: this module's API too)
+    DatasetSpec, checked_spec, dataset_spec, default_data_config, image_shape, num_classes,
+)
 from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
 
 
@@ -46,30 +48,6 @@ Batch = dict[str, np.ndarray]
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-def _checked_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
-    """The data set's spec, after checking that it can give data.resolution."""
-    spec = dataset_spec(data_config.name)
-    if data_config.resolution not in spec.resolutions:
-        raise ValueError(
-            f"data.resolution={data_config.resolution} is not available for "
-            f"data.name={data_config.name!r}: set data.resolution to one of {spec.resolutions}"
-            + ("." if data_config.name in ("digits", "imagenet2012") else
-               " (imagenet2012 gives 64 and 128).")
-        )
-    return spec
-
-
-def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """(H, W, C) of one example: C is 1 for digits, 3 for the others."""
-    spec = _checked_spec(data_config)
-    return (data_config.resolution, data_config.resolution, spec.channels)
-
-
-def num_classes(data_config: ml_collections.ConfigDict) -> int:
-    """Number of class labels (labels are 0 .. num_classes - 1)."""
-    return dataset_spec(data_config.name).num_classes
-
-
 def validate(
     data_config: ml_collections.ConfigDict,
     *,
@@ -87,7 +65,7 @@ def validate(
             f"the data config lacks data.{', data.'.join(missing)}: "
             "see input_pipeline.default_data_config() for their meaning and defaults."
         )
-    _checked_spec(data_config)
+    checked_spec(data_config)
     if local_device_count is None:
         local_device_count = jax.local_device_count()
     process_count = jax.process_count() if process_count is None else process_count
@@ -207,7 +185,7 @@ class TrainIterator:
         process_count: int,
     ):
         self._config = data_config
-        self._spec = _checked_spec(data_config)
+        self._spec = checked_spec(data_config)
         self._seed = seed
         self._global_batch_size = global_batch_size
         self._local_batch_size = global_batch_size // process_count
@@ -393,7 +371,7 @@ def create_eval_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     validate(data_config, global_batch_size=global_batch_size, process_count=process_count)
-    spec = _checked_spec(data_config)
+    spec = checked_spec(data_config)
     builder = _prepared_builder(data_config)
     split = data_config.eval_split if split is None else split
     total = builder.info.splits[split].num_examples

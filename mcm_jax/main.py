@@ -40,6 +40,13 @@ USER_ERRORS = (
     FloatingPointError,
 )
 COMMAND_LINE_ERROR, RUN_ERROR = 2, 1
+# config.model.name says which named network the config file filled config.model from; setting it
+# alone would change no layer, so the command line may not.
+MODEL_NAME_OVERRIDE = (
+    "--config.model.name: the network is chosen by the config file's argument (e.g. "
+    "--config=configs/digits_diffusion.py:model=tiny, configs/imagenet64_diffusion.py:size=large); "
+    "--config.model.<field>=... overrides single fields of it"
+)
 
 
 def _verbose(argv: list[str] | None = None) -> bool:
@@ -118,6 +125,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
                 raise
             _fail(f"--config={config_flags.get_config_filename(FLAGS['config'])}: {e}",
                   COMMAND_LINE_ERROR)
+    if "model.name" in config_flags.get_override_values(FLAGS["config"]):
+        _fail(MODEL_NAME_OVERRIDE, COMMAND_LINE_ERROR)
     return remaining
 
 
@@ -159,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
 
         train.train(config, workdir)
     else:
-        from mcm_jax import evaluate
+        from mcm_jax.eval import evaluate
 
         evaluate.evaluate(config, workdir)
 

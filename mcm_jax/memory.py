@@ -34,8 +34,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, hardware, losses, run_setup, sharding, train_step
-from mcm_jax.models import build
+from mcm_jax import config_lib, data_config, hardware, losses, run_setup, sharding, train_step
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 
 REMAT_POLICIES = ("none", *CHECKPOINT_POLICIES)
@@ -68,7 +67,7 @@ def _per_device_bytes(tree, fsdp: int, min_size: int) -> int:
 
 def state_bytes(config: ml_collections.ConfigDict) -> StateBytes:
     """Exact per-device bytes of parameters, optimizer state, EMA and teacher for config.mesh."""
-    model = build(config.model)
+    model = run_setup.build_model(config)
     optimizer = train_step.make_optimizer(config)
     state = jax.eval_shape(
         lambda rng: train_step.create_train_state(
@@ -88,14 +87,13 @@ def state_bytes(config: ml_collections.ConfigDict) -> StateBytes:
 def residual_bytes(config: ml_collections.ConfigDict, batch_size: int) -> int:
     """Bytes of everything the loss's forward pass keeps for its backward pass (`jax.vjp`'s
     residuals, under config.model.remat) for a batch of `batch_size`; nothing is computed."""
-    model = build(config.model)
+    model = run_setup.build_model(config)
     model_fn = losses.make_model_fn(model.apply, config_lib.schedule_from_config(config))
     loss_fn = train_step.make_loss_fn(config, model_fn, model_fn)
     params = jax.eval_shape(lambda rng: run_setup.init_params(model, config, rng), jax.random.PRNGKey(0))
     teacher = params if config.objective == "mcm" else None
-    m = config.model
     batch = {
-        "image": jax.ShapeDtypeStruct((batch_size, m.resolution, m.resolution, m.channels), jnp.float32),
+        "image": jax.ShapeDtypeStruct((batch_size, *data_config.image_shape(config.data)), jnp.float32),
         "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
     }
 
@@ -119,7 +117,7 @@ def report(
     config = config.copy_and_resolve_references()
     if config.objective == "mcm" and not config.teacher.workdir:
         config.teacher.workdir = "(not read by mcm_jax.memory)"  # validate asks for one
-    config_lib.validate(config, num_devices=num_devices)
+    run_setup.validate(config, num_devices=num_devices)
     fsdp = config.mesh.fsdp
     batch_per_device = config.training.batch_size // num_devices
     result = {

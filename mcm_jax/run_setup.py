@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from mcm_jax import checkpointing, config_lib, losses, samplers, sharding
+from mcm_jax import checkpointing, config_lib, data_config, losses, samplers, sharding, train_step
 from mcm_jax.eval import sampling
 from mcm_jax.models import build
 from mcm_jax.schedules import Schedule
@@ -28,10 +28,25 @@ Params = Any
 ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "middle_dropout", "name")
 
 
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Every check of a run's config before compute: `config_lib.validate`'s, then the loss
+    blocks as the loss layer builds them (`config.diffusion`; `config.mcm` for a student).
+    `RunSetup.create` runs it, once per job."""
+    config_lib.validate(config, num_devices=num_devices)
+    train_step.diffusion_loss_config(config)
+    if config.objective == "mcm":
+        train_step.consistency_loss_config(config)
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The network of `config.model` for the data of `config.data` (its channels and classes)."""
+    _, _, channels = data_config.image_shape(config.data)
+    return build(config.model, channels=channels, num_classes=data_config.num_classes(config.data))
+
+
 def model_inputs(config: ml_collections.ConfigDict, batch_size: int):
     """Dummy (z, logsnr, label) of the model's input shapes, for init and eval_shape."""
-    m = config.model
-    z = jnp.zeros((batch_size, m.resolution, m.resolution, m.channels), jnp.float32)
+    z = jnp.zeros((batch_size, *data_config.image_shape(config.data)), jnp.float32)
     return z, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
 
 
@@ -45,6 +60,15 @@ def abstract_params(model: nn.Module, config: ml_collections.ConfigDict, mesh: M
     shapes = jax.eval_shape(lambda r: init_params(model, config, r), jax.random.PRNGKey(config.seed))
     shardings = sharding.tree_shardings(shapes, mesh, config.mesh.fsdp_min_size)
     return checkpointing.abstract_like(shapes, shardings)
+
+
+def own_sampler(config: ml_collections.ConfigDict) -> sampling.SamplerSetting:
+    """The run's own sampler: a student's S-step DDIM (the paper's Algorithm 2), a teacher's
+    training.sample_method at training.sample_steps. Training's sample grids use it, and the eval
+    job where config.eval.sweep_steps / sweep_methods are empty."""
+    if config.objective == "mcm":
+        return sampling.SamplerSetting("ddim", config.mcm.student_steps)
+    return sampling.SamplerSetting(config.training.sample_method, config.training.sample_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +86,9 @@ class RunSetup:
     def create(cls, config: ml_collections.ConfigDict, devices: list | None = None) -> RunSetup:
         """Validates `config` for the devices (default: all) and builds the run's pieces."""
         devices = jax.devices() if devices is None else devices
-        config_lib.validate(config, num_devices=len(devices))
+        validate(config, num_devices=len(devices))
         mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, devices)
-        model = build(config.model)
+        model = build_model(config)
         schedule = config_lib.schedule_from_config(config)
         return cls(
             config=config, mesh=mesh, model=model, schedule=schedule,
@@ -90,11 +114,11 @@ class RunSetup:
     ):
         """The jitted `sample_batch(params, first_index)` of eval.sampling for this run's model
         and mesh: build it once and call it for every batch, so it compiles once."""
-        m = self.config.model
+        data = self.config.data
         return sampling.make_batch_sampler(
             self.model_fn, self.schedule, self.mesh, self.param_shardings,
-            setting=setting, image_shape=(m.resolution, m.resolution, m.channels),
-            num_classes=m.num_classes, null_label=config_lib.null_label(self.config),
+            setting=setting, image_shape=data_config.image_shape(data),
+            num_classes=data_config.num_classes(data), null_label=config_lib.null_label(self.config),
             seed=seed, batch_size=batch_size, x_var_fn=x_var_fn,
         )
 
@@ -138,7 +162,20 @@ def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.C
             f"config.data.resolution: {config.data.resolution} differs from the teacher's "
             f"{teacher_config.data.resolution}"
         )
+    ours, theirs = _data_io(config), _data_io(teacher_config)
+    if ours != theirs:
+        raise ValueError(
+            f"config.data.name: the student's data ({config.data.name!r}) has {ours[0]} channels "
+            f"and {ours[1]} classes, the teacher's in {config.teacher.workdir} "
+            f"({teacher_config.data.name!r}) {theirs[0]} and {theirs[1]}; students start from the "
+            "teacher's weights, so the networks must match"
+        )
     return teacher_config
+
+
+def _data_io(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(channels, classes) of the config's data: the network's input and label table."""
+    return data_config.dataset_spec(config.data.name).channels, data_config.num_classes(config.data)
 
 
 def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -156,6 +193,12 @@ def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
                 f"config.{field}: {ours!r} but the run in {workdir} has {theirs!r}; evaluate with "
                 "the run's config"
             )
+    if _data_io(config) != _data_io(run):
+        raise ValueError(
+            f"config.data.name: {config.data.name!r} (channels, classes {_data_io(config)}) but "
+            f"the run in {workdir} has {run.data.name!r} ({_data_io(run)}); evaluate with the "
+            "run's config"
+        )
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

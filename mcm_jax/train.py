@@ -22,8 +22,6 @@ from mcm_jax import (
     checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
     resume_config, run_setup, sharding,
 )
-from mcm_jax.eval.sampling import SamplerSetting
-from mcm_jax.models import build
 from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
@@ -53,7 +51,7 @@ class Trainer:
 
         teacher_model_fn, teacher_shardings = None, None
         if config.objective == "mcm":
-            teacher_model = build(teacher_config.model if teacher_config else config.model)
+            teacher_model = run_setup.build_model(teacher_config or config)
             teacher_model_fn = losses.make_model_fn(teacher_model.apply, setup.schedule)
             self.abstract_teacher_params = abstract_params(teacher_model, config, setup.mesh)
             teacher_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_teacher_params)
@@ -80,14 +78,11 @@ class Trainer:
 
 def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndarray]:
     """`grid(params)`: `num_images` class-cycling samples from `params` with the run's own
-    sampler (a student's S-step DDIM; a teacher's training.sample_method at sample_steps), as
-    uint8 NHWC. It is the eval job's batch sampler, built once so every grid of a run reuses one
-    compiled program; the noise is config.seed's, the same at every step."""
+    sampler (run_setup.own_sampler), as uint8 NHWC. It is the eval job's batch sampler, built
+    once so every grid of a run reuses one compiled program; the noise is config.seed's, the same
+    at every step."""
     c = setup.config
-    if c.objective == "mcm":
-        setting = SamplerSetting("ddim", c.mcm.student_steps)
-    else:
-        setting = SamplerSetting(c.training.sample_method, c.training.sample_steps)
+    setting = run_setup.own_sampler(c)
     batch_size = -(-num_images // setup.mesh.size) * setup.mesh.size  # split over every device
     sample_batch = setup.batch_sampler(setting, seed=c.seed, batch_size=batch_size)
 
@@ -110,12 +105,12 @@ def train(
     num_steps)` is called after every step (host-side integers only: it never waits for the device)."""
     from mcm_jax import input_pipeline
 
-    config_lib.validate(config)
+    setup = RunSetup.create(config)  # validates the config, the one time in a training job
     teacher_config = None
     if config.objective == "mcm":
         run_setup.check_teacher_workdir(config)
         teacher_config = run_setup.check_teacher_matches(config)
-    trainer = Trainer(RunSetup.create(config), teacher_config)
+    trainer = Trainer(setup, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
     # The teacher's checkpoint is loaded before anything is written, so a bad one leaves no trace.
     teacher_params = (

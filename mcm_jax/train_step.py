@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mcm_jax import config_lib, losses
+from mcm_jax import config_lib, data_config, losses
 from mcm_jax.models import flops_per_example
 
 Params = Any
@@ -33,17 +33,15 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to the learning rate, then constant or cosine decay to 0 at num_steps."""
+    """Linear warm-up to the learning rate, then constant (optax.linear_schedule holds its end
+    value) or cosine decay to 0 at num_steps."""
     o = config.optimizer
+    warmup = max(o.warmup_steps, 1)
     if o.decay == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, o.learning_rate, max(o.warmup_steps, 1), config.training.num_steps
+            0.0, o.learning_rate, warmup, config.training.num_steps
         )
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)),
-         optax.constant_schedule(o.learning_rate)],
-        [max(o.warmup_steps, 1)],
-    )
+    return optax.linear_schedule(0.0, o.learning_rate, warmup)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -69,13 +67,31 @@ def create_train_state(
     )
 
 
+def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
+    """The teacher's loss: `config.diffusion`'s fields as they are, plus the data's null label;
+    errors name the field."""
+    try:
+        return losses.DiffusionLossConfig(**config.diffusion, null_label=config_lib.null_label(config))
+    except ValueError as e:
+        raise ValueError(f"config.diffusion: {e}") from None
+
+
+def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
+    """The student's loss: `config.mcm`'s fields as they are, plus the data's null label; errors
+    name the field."""
+    try:
+        return losses.ConsistencyLossConfig(**config.mcm, null_label=config_lib.null_label(config))
+    except ValueError as e:
+        raise ValueError(f"config.mcm: {e}") from None
+
+
 def make_loss_fn(
     config: ml_collections.ConfigDict, model_fn: losses.ModelFn, teacher_model_fn: losses.ModelFn | None
 ) -> Callable:
     """loss_fn(params, batch, rng, step, teacher_params) -> (loss, metrics) for the objective."""
     schedule = config_lib.schedule_from_config(config)
     if config.objective == "diffusion":
-        loss_config = config_lib.diffusion_loss_config(config)
+        loss_config = diffusion_loss_config(config)
 
         def loss_fn(params, batch, rng, step, teacher_params):
             del step, teacher_params
@@ -85,7 +101,7 @@ def make_loss_fn(
 
         return loss_fn
 
-    loss_config = config_lib.consistency_loss_config(config)
+    loss_config = consistency_loss_config(config)
 
     def loss_fn(params, batch, rng, step, teacher_params):
         teacher = None
@@ -120,7 +136,7 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = tuple(
-            jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+            optax.incremental_update(params, ema, step_size=1.0 - d)
             for d, ema in zip(decays, state.ema_params)
         )
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -145,7 +161,8 @@ def make_train_step(
 def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one example's train step: forward + backward (3×) plus extra forwards
     (the stop-gradient reference for MCM, the teacher for CD, twice with guidance)."""
-    forward = flops_per_example(config.model, config.data.resolution)
+    _, _, channels = data_config.image_shape(config.data)
+    forward = flops_per_example(config.model, config.data.resolution, channels=channels)
     multiplier = 3.0
     if config.objective == "mcm":
         multiplier += 1.0

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from configs import digits_mcm
-from mcm_jax import models, train_step
+from mcm_jax import models, presets, train_step
 from mcm_jax.benchmarks import gpu_check, train_step_bench
 
 
@@ -18,7 +17,7 @@ def test_benchmark_module_imports_no_tensorflow():
 
 @pytest.mark.slow
 def test_benchmark_figures():
-    config = digits_mcm.get_config("steps=2,method=ct,model=tiny")
+    config = presets.digits_mcm("steps=2,method=ct,model=tiny")
     config.teacher.workdir = "unused"
     config.training.batch_size = 16
     figures = train_step_bench.benchmark(config, steps=2, warmup=1)
@@ -31,8 +30,8 @@ def test_benchmark_figures():
 
 
 def test_train_flops_count_every_forward_pass():
-    config = digits_mcm.get_config("steps=2,method=cd,model=tiny")
-    forward = models.flops_per_example(config.model, config.data.resolution)
+    config = presets.digits_mcm("steps=2,method=cd,model=tiny")
+    forward = models.flops_per_example(config.model, config.data.resolution, channels=1)  # digits
     assert train_step.train_flops_per_example(config) == pytest.approx(5 * forward)  # 3 + reference + teacher
     config.mcm.guidance_weight = 1.0
     assert train_step.train_flops_per_example(config) == pytest.approx(6 * forward)

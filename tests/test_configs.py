@@ -5,15 +5,16 @@ Cheap by design: configs are built and validated (the model module is constructe
 initialised or compiled).
 """
 
-import importlib
+import ast
 import itertools
+import os
 
 import ml_collections
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, losses
+from mcm_jax import config_lib, data_config, losses, run_setup, train_step
 
 STUDENT_ARGS = [
     ",".join(parts)
@@ -36,8 +37,12 @@ CASES = [
 ]
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
 def get_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    """The config file configs/<name>.py with its argument, loaded by path as --config loads it."""
+    return config_lib.load_config_file(f"{os.path.join(CONFIGS, name)}.py:{arg}")
 
 
 def with_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -50,14 +55,31 @@ def with_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def test_every_config_builds_and_validates(name, arg):
     config = with_teacher(get_config(name, arg))
     for num_devices in (8, 256) if name.startswith("imagenet") else (8,):
-        config_lib.validate(config, num_devices=num_devices)
+        run_setup.validate(config, num_devices=num_devices)
+
+
+@pytest.mark.parametrize("name,arg", CASES, ids=[f"{n}:{a}" for n, a in CASES])
+def test_each_fact_has_one_field(name, arg):
+    """The network's name is model.name only; resolution, channels and classes are the data's."""
+    config = get_config(name, arg)
+    assert "model_name" not in config
+    assert not {"resolution", "channels", "num_classes"} & set(config.model)
+    channels = 1 if config.data.name == "digits" else 3
+    assert data_config.image_shape(config.data) == (config.data.resolution,) * 2 + (channels,)
+
+
+def test_an_unknown_network_name_fails_naming_the_field():
+    config = get_config("digits_diffusion", "model=tiny")
+    config.model.name = "bogus"
+    with pytest.raises(ValueError, match=r"config.model.name: 'bogus' is not one of \("):
+        run_setup.validate(config, num_devices=8)
 
 
 def test_mcm_configs_need_the_teacher_workdir():
     config = get_config("imagenet64_mcm", "steps=4")
     assert config.teacher.workdir == ""
     with pytest.raises(ValueError, match="config.teacher.workdir"):
-        config_lib.validate(config, num_devices=8)
+        run_setup.validate(config, num_devices=8)
 
 
 def _leaves(config, prefix=""):
@@ -119,12 +141,13 @@ def test_imagenet_networks_are_those_of_the_paper_appendix_a1():
         ("small", (128, 256, 512), (0.0, 0.0, 0.0)),
         ("large", (256, 512, 1024), (0.0, 0.1, 0.1)),
     ):
-        model = get_config("imagenet128_diffusion", f"size={size}").model
+        config = get_config("imagenet128_diffusion", f"size={size}")
+        model = config.model
         assert model.level_kinds == ("resnet", "resnet", "transformer")
         assert model.level_channels == channels and model.level_blocks == (3, 3, 3)
         assert model.middle_blocks == 16 and model.middle_dropout == 0.1
         assert model.level_dropout == level_dropout
-        assert model.resolution == 128
+        assert config.data.resolution == 128
     assert get_config("cifar10_diffusion").model.name == "cifar10"
 
 
@@ -168,7 +191,7 @@ def test_imagenet_students_carry_the_paper_settings(resolution, size, method):
 def test_imagenet_evals_default_to_the_paper_baselines(resolution, size):
     """Teachers: 512 aDDIM steps (Table 1's diffusion row), the small ImageNet128 one guided with
     the weight its CD student distils; students: their own S-step DDIM."""
-    from mcm_jax.evaluate import sweep_settings
+    from mcm_jax.eval.evaluate import sweep_settings
     from mcm_jax.eval.sampling import SamplerSetting
 
     teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
@@ -240,7 +263,7 @@ def test_bad_multiscale_pools_fail_naming_the_field(pools, match):
     config = get_config("digits_diffusion", "model=tiny")  # 16 px
     config.diffusion.multiscale_pools = pools
     with pytest.raises(ValueError, match=rf"config\.diffusion.*{match}"):
-        config_lib.validate(config, num_devices=8)
+        run_setup.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +278,7 @@ def test_bad_consistency_loss_fields_fail_naming_the_field(field, value, match):
     config = with_teacher(get_config("digits_mcm", "model=tiny"))  # 16 px
     config.mcm[field] = value
     with pytest.raises(ValueError, match=rf"config\.mcm.*{match}"):
-        config_lib.validate(config, num_devices=8)
+        run_setup.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize(
@@ -277,8 +300,8 @@ def test_paper_ablation_overrides_validate(name, arg, overrides):
     for field, value in overrides.items():
         section, key = field.split(".")
         config[section][key] = value
-    config_lib.validate(config, num_devices=8)
-    m = config_lib.consistency_loss_config(config)
+    run_setup.validate(config, num_devices=8)
+    m = train_step.consistency_loss_config(config)
     if "mcm.teacher_steps_start" in overrides:
         n = overrides["mcm.teacher_steps_start"]
         for i in (0, 50_000, 200_000):
@@ -295,3 +318,19 @@ def test_flat_hparams_keeps_every_field_as_a_scalar():
     assert all(isinstance(v, (bool, int, float, str)) for v in hparams.values())
     assert hparams["model.level_channels"] == str(tuple(config.model.level_channels))
     assert hparams["data.data_dir"] == "None" and hparams["data.resolution"] == 16
+
+
+def test_config_files_are_files_that_import_only_mcm_jax():
+    """configs/ is a folder of files loaded by path, not a package: no __init__.py, and no config
+    file imports another (shared builders live in mcm_jax.presets)."""
+    assert not os.path.exists(os.path.join(CONFIGS, "__init__.py"))
+    names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
+    assert len(names) == 8
+    for name in names:
+        with open(os.path.join(CONFIGS, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] == "mcm_jax", (name, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] == "mcm_jax" for a in node.names), name

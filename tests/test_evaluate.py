@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import calibrate, digits_classifier, evaluate, train
+from mcm_jax import calibrate, digits_classifier, presets, train
+from mcm_jax.eval import evaluate
 from mcm_jax.datasets import digits_split
 from mcm_jax.eval import metrics, sampling
 from mcm_jax.eval.config import default_eval_config
@@ -20,7 +20,7 @@ TEACHER_STEPS = 100
 
 def _config(data_dir, **eval_fields):
     """The tiny digits teacher's config (as trained below) with an eval section."""
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.data.data_dir = str(data_dir)
     config.data.shuffle_buffer = 500
     config.ema_decays = (0.9,)  # with 0.999, 90% of the EMA would still be the init at step 100
@@ -172,7 +172,7 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path, teacher_dir, digits_data_
     fails(FileNotFoundError, "config.eval.x_var_table: .* python -m mcm_jax.calibrate",
           x_var_table=str(tmp_path / "none.npz"))
 
-    student = digits_mcm.get_config("steps=4,model=tiny")
+    student = presets.digits_mcm("steps=4,model=tiny")
     student.teacher.workdir = str(teacher_dir)
     student.eval = default_eval_config()
     student.eval.sweep_steps = (1, 2)

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import checkpointing, resume_config, train
+from mcm_jax import checkpointing, presets, resume_config, train
 from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +119,7 @@ def test_no_restorable_step_is_one_message_and_moves_nothing(tmp_path, six_step_
 
 
 def _config():
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.training.batch_size = 16
     return config
 
@@ -157,6 +156,21 @@ def test_allowed_changes_on_resume_are_recorded():
     new.model.embedding_width = 999  # a field the saved run lacks entirely is not compared
     del saved["model"]["embedding_width"]
     assert resume_config.config_changes(saved, new)[0] == {}
+
+
+def test_a_config_json_with_the_removed_duplicate_fields_still_resumes(tmp_path):
+    """Runs written before model_name and model.resolution/channels/num_classes were removed (the
+    network's name is model.name, the rest the data's) keep them in config.json; a resume with
+    today's config is not refused for them."""
+    config = _config()
+    saved = json.loads(config.to_json_best_effort())
+    saved["model_name"] = config.model.name
+    saved["model"].update(resolution=16, channels=1, num_classes=10)
+    assert resume_config.config_changes(saved, config) == ({}, {})
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # a run with a saved step
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resume_config.claim_workdir(str(tmp_path), config)  # no error
+    assert "model_name" not in json.loads((tmp_path / "config.json").read_text())
 
 
 @pytest.mark.slow

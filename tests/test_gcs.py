@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import calibrate, checkpointing, files, run_setup, samplers, train
+from mcm_jax import calibrate, checkpointing, files, presets, run_setup, samplers, train
 from mcm_jax.fid import inception, statistics, weights
 from mcm_jax.run_setup import RunSetup
 
@@ -94,7 +93,7 @@ def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     """A teacher workdir on gs:// (config.json, an orbax checkpoint written through tensorstore's
     GCS driver) restores into a student exactly as distillation loads it."""
     teacher_dir = str(gcs_dir / "teacher")
-    teacher = digits_diffusion.get_config("model=tiny")
+    teacher = presets.digits_diffusion("model=tiny")
     teacher.ema_decays = (0.9, 0.99)
     state = train.Trainer(RunSetup.create(teacher)).init_state()
     checkpointing.write_config(teacher_dir, teacher)
@@ -107,7 +106,7 @@ def test_student_loads_its_teacher_from_a_gcs_workdir(gcs_emulator, gcs_dir):
     assert any(name.startswith("teacher/checkpoints/7/ema_params/") for name in names)
     assert epath.Path(teacher_dir).is_dir()  # what train.train checks before distilling
 
-    student = digits_mcm.get_config("steps=2,method=cd,model=tiny")
+    student = presets.digits_mcm("steps=2,method=cd,model=tiny")
     student.teacher.update(workdir=teacher_dir, ema_index=1)
     teacher_config = run_setup.check_teacher_matches(student)  # reads config.json from gs://
     assert tuple(teacher_config.ema_decays) == (0.9, 0.99)

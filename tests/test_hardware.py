@@ -2,8 +2,7 @@
 
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import config_lib, hardware
+from mcm_jax import config_lib, hardware, presets
 
 
 @pytest.mark.parametrize(
@@ -47,7 +46,7 @@ def test_a_positive_config_value_overrides_the_table():
     assert hardware.peak_tflops(123.0, "NVIDIA H100 80GB HBM3") == 123.0
     assert hardware.peak_tflops(123.0, "cpu") == 123.0
     assert config_lib.base_config().peak_tflops_per_device == 0  # the default looks the device up
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config_lib.validate(config, num_devices=1)
     config.peak_tflops_per_device = -1.0
     with pytest.raises(ValueError, match="config.peak_tflops_per_device"):

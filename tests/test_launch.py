@@ -109,11 +109,11 @@ def test_sweep_rejects_bad_arguments_naming_them(change, field):
 
 def test_sweep_command_line_checks_the_configs_and_prints_json(capsys):
     common = ["--steps=2,4", "--methods=cd", "--teacher_workdir=/t", "--workdir_root=/r"]
-    sweep.main(["--config=configs/cifar10_mcm.py", *common, "--json"])
+    sweep.main(["sweep.py", "--config=configs/cifar10_mcm.py", *common, "--json"])
     runs = json.loads(capsys.readouterr().out)
     assert [(r["mode"], r["steps"]) for r in runs] == [("train", 2), ("train", 4), ("eval", 2), ("eval", 4)]
     with pytest.raises(SystemExit):
-        sweep.main(["--config=configs/imagenet128_mcm.py", "--args=size=huge", *common])
+        sweep.main(["sweep.py", "--config=configs/imagenet128_mcm.py", "--args=size=huge", *common])
     assert "size='huge'" in capsys.readouterr().err
 
 

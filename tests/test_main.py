@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import checkpointing, main, paths
+from mcm_jax import checkpointing, main, paths, presets
 from test_train import ROOT, _event_losses, _main_command
 
 TEACHER = "configs/digits_diffusion.py:model=tiny"
@@ -69,7 +68,6 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
     [
         (TEACHER, ["--config.diffusion.distance=pseudo_huber", "--config.diffusion.huber_c=0"],
          r"config.diffusion: huber_c must be > 0"),
-        (TEACHER, ["--config.model_name=bogus"], r"config.model_name: 'bogus' is not one of \("),
         (TEACHER, ["--workdir="], r"--workdir: empty"),
         (TEACHER, ["--workdir={tmp}/a_file"], r"--workdir: \S+/a_file is a file, not a directory"),
         (STUDENT, ["--config.teacher.workdir={tmp}/a_file"],
@@ -79,15 +77,15 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
         (STUDENT, ["--config.teacher.workdir={tmp}/untrained_teacher"],
          r"config.teacher.workdir: no checkpoints in \S+/untrained_teacher"),
     ],
-    ids=["huber_c", "model_name", "empty_workdir", "workdir_is_a_file", "teacher_is_a_file",
+    ids=["huber_c", "empty_workdir", "workdir_is_a_file", "teacher_is_a_file",
          "teacher_is_a_student", "teacher_without_checkpoints"],
 )
 def test_bad_input_is_refused_before_the_workdir_is_written(
     tmp_path, digits_data_dir, config, args, message
 ):
     (tmp_path / "a_file").write_text("not a run")
-    checkpointing.write_config(str(tmp_path / "student_run"), digits_mcm.get_config("model=tiny"))
-    teacher = digits_diffusion.get_config("model=tiny")
+    checkpointing.write_config(str(tmp_path / "student_run"), presets.digits_mcm("model=tiny"))
+    teacher = presets.digits_diffusion("model=tiny")
     checkpointing.write_config(str(tmp_path / "untrained_teacher"), teacher)
     workdir = tmp_path / "run"
     command = _main_command(workdir, digits_data_dir, 2, 2, config=config)
@@ -114,8 +112,11 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
          r"--config.ema_decays\[0\]: config.ema_decays is a tuple and cannot be set item by item"),
         ([], "configs/digits_diffusion.py:model=huge",
          r"flag --config=\S+:model=huge: model config name: unknown 'huge'"),
+        (["--config.model.name=digits"], TEACHER,
+         r"--config.model.name: the network is chosen by the config file's argument \(e.g. "
+         r"--config=configs/digits_diffusion.py:model=tiny"),
     ],
-    ids=["unknown_key", "unknown_group", "tuple_item", "config_argument"],
+    ids=["unknown_key", "unknown_group", "tuple_item", "config_argument", "model_name"],
 )
 def test_command_line_mistakes_name_the_flag(tmp_path, args, config, message):
     workdir = tmp_path / "run"
@@ -126,7 +127,7 @@ def test_command_line_mistakes_name_the_flag(tmp_path, args, config, message):
     (line,) = _error_lines(stderr)
     match = re.match(f"error: {message}", line)
     assert match, line
-    training_fields = set(digits_diffusion.get_config().training)
+    training_fields = set(presets.digits_diffusion().training)
     assert set(match.groups()) <= training_fields  # the suggestions are real keys
     assert "Traceback" not in stderr
     assert not workdir.exists()
@@ -156,7 +157,7 @@ def test_traceback_only_on_request(tmp_path, args, env):
 def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tmp_path = tmp_path.resolve()  # the directory as the process sees it
-    config = digits_mcm.get_config("model=tiny")
+    config = presets.digits_mcm("model=tiny")
     config.teacher.workdir = "runs/teacher"
     config.data.data_dir = "gs://bucket/tfds"
     config.eval.x_var_table = "~/table.npz"

@@ -8,15 +8,14 @@ import sys
 import jax
 import pytest
 
-from configs import digits_mcm
-from mcm_jax import memory, train
+from mcm_jax import memory, presets, train
 from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(fsdp: int = 2):
-    config = digits_mcm.get_config("steps=2,method=cd,model=tiny")
+    config = presets.digits_mcm("steps=2,method=cd,model=tiny")
     config.teacher.workdir = "unused"
     config.training.batch_size = 32
     config.mesh.fsdp = fsdp

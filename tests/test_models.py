@@ -22,7 +22,13 @@ PAPER_PARAMS = {
     "imagenet128_small": 397e6,
     "imagenet128_large": 1.25e9,
 }
-NUM_CLASSES = model_config("tiny").num_classes
+NUM_CLASSES = 10
+IO = dict(channels=3, num_classes=NUM_CLASSES)  # the data's: inputs() are 3-channel images
+# The resolution each named network was made for (the data's, in a run).
+NATIVE_RESOLUTION = {
+    "imagenet64_small": 64, "imagenet64_large": 64, "imagenet128_small": 128,
+    "imagenet128_large": 128, "cifar10": 32, "digits": 16, "tiny": 16,
+}
 BATCH = 4
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 ONE_LEVEL = dict(
@@ -69,7 +75,7 @@ def random_params(model, resolution: int, seed: int = 0):
 @functools.lru_cache(maxsize=None)
 def forward(resolution: int, train: bool, **overrides):
     """Compiled (params, z, logsnr, label, dropout_key) -> v_hat of the tiny model, batch BATCH."""
-    model = build(tiny(**overrides))
+    model = build(tiny(**overrides), **IO)
 
     def apply(params, z, logsnr, label, key):
         return model.apply(params, z, logsnr, label, train=train, rngs={"dropout": key})
@@ -80,21 +86,21 @@ def forward(resolution: int, train: bool, **overrides):
 
 
 def test_init_holds_float32_params_only_and_a_zero_head():
-    model = build(tiny(dtype="bfloat16"))
+    model = build(tiny(dtype="bfloat16"), **IO)
     key = jax.random.key(0, impl="rbg")  # compiles ~2.5x faster on CPU than threefry
     init = functools.partial(model.init, train=False)
     variables = compile_fast(init, key, *inputs(8))(key, *inputs(8))
     assert set(variables) == {"params"}
     leaves = jax.tree.leaves(variables)
     assert all(leaf.dtype == jnp.float32 for leaf in leaves)
-    assert sum(leaf.size for leaf in leaves) == param_count(tiny(), 8)
+    assert sum(leaf.size for leaf in leaves) == param_count(tiny(), 8, **IO)
     head = variables["params"]["conv_out"]
     assert not np.any(head["kernel"]) and not np.any(head["bias"])  # so v_hat = 0 at init
 
 
 @pytest.mark.parametrize("resolution", [8, 16, 32, 64])
 def test_output_shape_and_dtype(resolution):
-    params = random_params(build(tiny()), resolution)
+    params = random_params(build(tiny(), **IO), resolution)
     z, logsnr, label = inputs(resolution)
     v_hat = forward(resolution, False)(params, z, logsnr, label, jax.random.key(0))
     assert v_hat.shape == z.shape and v_hat.dtype == jnp.float32
@@ -102,7 +108,7 @@ def test_output_shape_and_dtype(resolution):
 
 
 def test_label_and_logsnr_change_the_output_and_null_label_works():
-    params = random_params(build(tiny()), 16)
+    params = random_params(build(tiny(), **IO), 16)
     z = jnp.repeat(inputs(16, batch=1)[0], BATCH, axis=0)
     logsnr = jnp.array([2.0, 2.0, 2.1, 2.0])  # a small step in log-SNR must be resolved
     label = jnp.array([3, 4, 3, NUM_CLASSES])  # the last one is the null label
@@ -113,12 +119,12 @@ def test_label_and_logsnr_change_the_output_and_null_label_works():
 
 
 def test_unconditional_model_has_only_the_null_label():
-    shapes = param_shapes(build(tiny(num_classes=0)), 8)
+    shapes = param_shapes(build(tiny(), channels=3, num_classes=0), 8)
     assert shapes["params"]["conditioning"]["label"]["embedding"].shape[0] == 1
 
 
 def test_dropout_follows_the_rng_and_is_off_without_train():
-    params = random_params(build(tiny()), 16)
+    params = random_params(build(tiny(), **IO), 16)
     z, logsnr, label = inputs(16)
     train, evaluate = forward(16, True), forward(16, False)
     first, again = (
@@ -134,7 +140,7 @@ def test_dropout_follows_the_rng_and_is_off_without_train():
 
 
 def test_bfloat16_compute_agrees_with_float32():
-    params = random_params(build(tiny()), 16)
+    params = random_params(build(tiny(), **IO), 16)
     z, logsnr, label = inputs(16)
     key = jax.random.key(0)
     full = np.asarray(forward(16, False)(params, z, logsnr, label, key))
@@ -146,10 +152,10 @@ def test_bfloat16_compute_agrees_with_float32():
 def test_remat_gives_the_same_gradients():
     """With dropout on, so the rematerialised blocks must also redraw the same masks."""
     z, logsnr, label = inputs(8)
-    params = random_params(build(tiny(**ONE_LEVEL)), 8)
+    params = random_params(build(tiny(**ONE_LEVEL), **IO), 8)
 
     def gradients(remat):
-        model = build(tiny(remat=remat, **ONE_LEVEL))
+        model = build(tiny(remat=remat, **ONE_LEVEL), **IO)
 
         def loss(params):
             v_hat = model.apply(
@@ -170,7 +176,7 @@ def test_remat_gives_the_same_gradients():
 
 @pytest.mark.parametrize("remat", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
 def test_every_remat_policy_wraps_the_blocks(remat):
-    model = build(tiny(remat=remat))
+    model = build(tiny(remat=remat), **IO)
     z, logsnr, label = inputs(8)
     params = param_shapes(model, 8)
     jaxpr = jax.make_jaxpr(functools.partial(model.apply, train=False))(params, z, logsnr, label)
@@ -181,17 +187,18 @@ def test_flops_match_xla_cost_analysis():
     config = tiny(
         level_channels=(32, 64), middle_channels=64, head_dim=32, norm_groups=8, embedding_width=64
     )
-    model = build(config)
+    model = build(config, **IO)
     apply = functools.partial(model.apply, train=False)
     cost = compile_fast(apply, param_shapes(model, 16), *inputs(16, batch=1)).cost_analysis()
     xla_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
-    assert abs(flops_per_example(config, 16) / xla_flops - 1) < 0.10
+    assert abs(flops_per_example(config, 16, channels=3) / xla_flops - 1) < 0.10
 
 
 @pytest.mark.parametrize("name", PAPER_PARAMS)
 def test_paper_parameter_counts(name):
-    config = model_config(name)
-    count = param_count(config, config.resolution)
+    count = param_count(
+        model_config(name), NATIVE_RESOLUTION[name], channels=3, num_classes=1000  # ImageNet's
+    )
     print(f"{name}: {count / 1e6:.1f}M parameters (paper {PAPER_PARAMS[name] / 1e6:.0f}M)")
     assert abs(count / PAPER_PARAMS[name] - 1) < 0.03
 
@@ -199,8 +206,8 @@ def test_paper_parameter_counts(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_named_configs_are_valid_at_their_resolution(name):
     config = model_config(name)
-    validate(config, config.resolution)
-    assert flops_per_example(config, config.resolution) > 0
+    validate(config, NATIVE_RESOLUTION[name])
+    assert flops_per_example(config, NATIVE_RESOLUTION[name], channels=3) > 0
 
 
 def test_attention_implementation_choice():
@@ -208,7 +215,8 @@ def test_attention_implementation_choice():
     assert choose_attention_implementation("xla", jnp.bfloat16, 64) == "xla"
     with pytest.raises(ValueError, match="attention_impl"):
         choose_attention_implementation("cudnn", jnp.bfloat16, 64)
-    assert param_count(tiny(attention_impl="cudnn", dtype="bfloat16"), 8) == param_count(tiny(), 8)
+    cudnn = tiny(attention_impl="cudnn", dtype="bfloat16")
+    assert param_count(cudnn, 8, **IO) == param_count(tiny(), 8, **IO)
 
 
 @pytest.mark.parametrize(
@@ -224,22 +232,28 @@ def test_attention_implementation_choice():
         ({"level_kinds": ("resnet", "conv")}, r"level_kinds\[1\]"),
         ({"middle_dropout": 1.0}, "middle_dropout"),
         ({"attention_impl": "cudnn", "dtype": "float32"}, "attention_impl"),
-        ({"resolution": 18}, "resolution"),
     ],
 )
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        build(tiny(**overrides))
+        build(tiny(**overrides), **IO)
+
+
+def test_bad_data_facts_name_the_argument():
+    with pytest.raises(ValueError, match="channels"):
+        build(tiny(), channels=0, num_classes=10)
+    with pytest.raises(ValueError, match="num_classes"):
+        build(tiny(), channels=3, num_classes=-1)
 
 
 def test_bad_resolution_and_inputs_name_the_field():
     with pytest.raises(ValueError, match="resolution"):
-        param_count(tiny(), 10)
+        param_count(tiny(), 10, **IO)
     with pytest.raises(ValueError, match="resolution"):
-        flops_per_example(tiny(), 6)
+        flops_per_example(tiny(), 6, channels=3)
     with pytest.raises(ValueError, match="model config name"):
         model_config("imagenet32_small")
-    model = build(tiny())
+    model = build(tiny(), **IO)
     z, logsnr, label = inputs(8)
     init = functools.partial(model.init, train=False)
     with pytest.raises(ValueError, match="channels"):

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import checkpointing, train
+from mcm_jax import checkpointing, presets, train
 from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +74,7 @@ def _finish(launched, timeout=300, returncode=0):
 
 def _params(workdir):
     """(step, params, meta) of the latest checkpoint, restored onto this process's first device."""
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.training.batch_size = 16
     abstract = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1])).abstract_state
     ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)

@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import config_lib, profiling, train
+from mcm_jax import config_lib, presets, profiling, train
 
 
 def test_profiler_traces_exactly_the_window_and_stops_early_runs():
@@ -37,7 +36,7 @@ def test_profiler_traces_exactly_the_window_and_stops_early_runs():
 
 @pytest.mark.slow
 def test_training_writes_a_trace_tensorboard_can_open(tmp_path, digits_data_dir):
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.data.data_dir = str(digits_data_dir)
     config.data.shuffle_buffer = 500
     config.training.update(batch_size=32, num_steps=6, log_every=3, checkpoint_every=6,
@@ -48,7 +47,7 @@ def test_training_writes_a_trace_tensorboard_can_open(tmp_path, digits_data_dir)
 
 
 def test_negative_profile_steps_fail_validation():
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.training.profile_steps = -1
     with pytest.raises(ValueError, match="config.training.profile_steps"):
         config_lib.validate(config, num_devices=1)

@@ -8,15 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits_diffusion
-from mcm_jax import checkpointing, train
+from mcm_jax import checkpointing, presets, train
 from mcm_jax.run_setup import RunSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(fsdp):
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.training.batch_size = 16
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1  # shard every divisible array, so the layouts really differ

@@ -11,8 +11,7 @@ import pytest
 from jax._src import source_info_util
 from jax.extend import core as jax_core
 
-from configs import digits_diffusion, imagenet64_mcm
-from mcm_jax import config_lib, profiling, train
+from mcm_jax import config_lib, presets, profiling, train
 from mcm_jax.benchmarks.train_step_bench import synthetic_batch
 from mcm_jax.models import build, model_config
 from mcm_jax.run_setup import RunSetup
@@ -89,7 +88,7 @@ def _abstract(tree):
 def test_bf16_uvit_forward_multiplies_in_bf16():
     config = model_config("imagenet64_small")
     assert config.dtype == "bfloat16"
-    model = build(config)
+    model = build(config, channels=3, num_classes=1000)  # ImageNet's
     z = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
     logsnr, label = jax.ShapeDtypeStruct((2,), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32)
     params = jax.eval_shape(
@@ -121,7 +120,7 @@ def _tiny_bf16(objective: str, method: str = "cd", remat: str = "none"):
 
 
 def _paper_cd_small():
-    config = imagenet64_mcm.get_config("steps=8,method=cd,size=small")
+    config = presets.imagenet_mcm(64, "steps=8,method=cd,size=small")
     config.teacher.workdir = "unused-by-the-step"
     config.training.batch_size = 2
     return config
@@ -258,7 +257,7 @@ class _GuardedTrainer(train.Trainer):
 
 
 def _run_guarded(monkeypatch, tmp_path, data_dir):
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.data.data_dir = str(data_dir)
     config.data.shuffle_buffer = 100
     t = config.training

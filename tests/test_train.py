@@ -11,14 +11,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import digits_diffusion, digits_mcm
-from mcm_jax import checkpointing, train
+from mcm_jax import checkpointing, presets, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _teacher_config(data_dir, **training):
-    config = digits_diffusion.get_config("model=tiny")
+    config = presets.digits_diffusion("model=tiny")
     config.data.data_dir = str(data_dir)
     config.data.shuffle_buffer = 500
     config.training.batch_size = 32
@@ -118,7 +117,7 @@ def test_digits_teacher_learns_and_cd_student_trains(tmp_path, digits_data_dir):
     # Measured on this machine: 1.0 over steps 1-10 (warm-up: barely trained), 0.37 at step 200.
     assert losses[-1] < 0.5 * losses[0], losses
 
-    student = digits_mcm.get_config("steps=2,method=cd,model=tiny")
+    student = presets.digits_mcm("steps=2,method=cd,model=tiny")
     student.data.data_dir = str(digits_data_dir)
     student.data.shuffle_buffer = 500
     student.teacher.workdir = str(teacher_dir)
@@ -171,22 +170,22 @@ def _bad(config, **changes):
         ({"mcm.student_steps": 0, "objective": "mcm", "teacher.workdir": "x"}, "config.mcm: student_steps"),
         ({"objective": "mcm", "teacher.workdir": ""}, "config.teacher.workdir"),
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
-        ({"data.resolution": 32}, "config.data.resolution"),
+        ({"data.resolution": 18}, "config.data.resolution: 18 must be a positive multiple of 4"),
     ],
 )
 def test_bad_configs_fail_before_compiling(tmp_path, changes, message):
-    config = _bad(digits_diffusion.get_config("model=tiny"), **changes)
+    config = _bad(presets.digits_diffusion("model=tiny"), **changes)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train.train(config, str(tmp_path))
 
 
 def test_missing_or_mismatched_teacher_fails_naming_the_field(tmp_path, digits_data_dir):
-    student = digits_mcm.get_config("steps=2,model=tiny")
+    student = presets.digits_mcm("steps=2,model=tiny")
     student.teacher.workdir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.teacher.workdir: .* does not exist"):
         train.train(student, str(tmp_path / "student"))
 
-    teacher = digits_diffusion.get_config("model=digits")  # a different network
+    teacher = presets.digits_diffusion("model=digits")  # a different network
     teacher_dir = tmp_path / "teacher"
     checkpointing.write_config(str(teacher_dir), teacher)
     student.teacher.workdir = str(teacher_dir)
@@ -209,3 +208,20 @@ def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digi
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore())
         )
         assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(restored["params"]))
+
+
+@pytest.mark.slow
+def test_the_config_is_validated_once_per_job(tmp_path, digits_data_dir, monkeypatch):
+    from mcm_jax import config_lib
+    from mcm_jax.eval import evaluate
+
+    calls = []
+    validate = config_lib.validate
+    monkeypatch.setattr(config_lib, "validate", lambda *a, **k: calls.append(1) or validate(*a, **k))
+    config = _teacher_config(digits_data_dir, num_steps=2, checkpoint_every=2)
+    config.eval.update(num_samples=8, batch_size=8, metric="none", sweep_steps=(2,),
+                       sweep_methods=("ddim",))
+    train.train(config, str(tmp_path))
+    assert len(calls) == 1
+    evaluate.evaluate(config, str(tmp_path))
+    assert len(calls) == 2

@@ -34,7 +34,7 @@ def _batches(n):
     rng = np.random.default_rng(0)
     return [
         {
-            "image": rng.uniform(-1, 1, (BATCH, 16, 16, 3)).astype(np.float32),
+            "image": rng.uniform(-1, 1, (BATCH, 16, 16, 1)).astype(np.float32),
             "label": rng.integers(0, 10, BATCH).astype(np.int32),
         }
         for _ in range(n)
@@ -111,7 +111,7 @@ def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatc
     grid = train.grid_sampler(setup, 4)
     first, second = grid(params), grid(jax.tree.map(lambda p: p * 1.0, params))
     assert len(built) == 1 and built[0]._cache_size() == 1
-    assert first.shape == (4, 16, 16, 3) and first.dtype == np.uint8
+    assert first.shape == (4, 16, 16, 1) and first.dtype == np.uint8
     np.testing.assert_array_equal(first, second)
 
     steps = config.mcm.student_steps if objective == "mcm" else config.training.sample_steps

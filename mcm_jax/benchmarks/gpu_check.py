@@ -35,8 +35,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from configs import imagenet64_diffusion, imagenet64_mcm
-from mcm_jax import cli, config_lib, files, hardware, memory, models, run_setup
+from mcm_jax import (
+    cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup,
+)
 from mcm_jax.benchmarks import train_step_bench
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid import inception
@@ -99,9 +100,9 @@ def _shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collections.ConfigDict:
     """The ImageNet64 config of `kind` (diffusion, ct, cd) and `size`, at a global `batch`."""
     if kind == "diffusion":
-        config = imagenet64_diffusion.get_config(f"size={size}")
+        config = presets.imagenet_diffusion(64, f"size={size}")
     else:
-        config = imagenet64_mcm.get_config(f"steps=8,method={kind},size={size}")
+        config = presets.imagenet_mcm(64, f"steps=8,method={kind},size={size}")
         config.teacher.workdir = "unused: the benchmark's teacher is the initial parameters"
     config = _shrink(config) if dry_run else config
     config.training.batch_size = batch
@@ -110,7 +111,7 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
 
 def _label(config: ml_collections.ConfigDict) -> str:
     method = f" {config.mcm.method} S={config.mcm.student_steps}" if config.objective == "mcm" else ""
-    return f"{config.model_name} {config.objective}{method} {config.model.dtype}"
+    return f"{config.model.name} {config.objective}{method} {config.model.dtype}"
 
 
 def _attention(config: ml_collections.ConfigDict) -> str:
@@ -173,11 +174,13 @@ def sampling_row(batch: int, steps: int, warmup: int, dry_run: bool) -> Row:
     compiled = sample.lower(params, 0).compile()
     compile_s = time.perf_counter() - start
     seconds = _timed_calls(lambda: compiled(params, 0), steps, warmup)
-    flops = 8 * models.flops_per_example(config.model, config.data.resolution) * batch
+    _, _, channels = data_config.image_shape(config.data)
+    forward = models.flops_per_example(config.model, config.data.resolution, channels=channels)
+    flops = 8 * forward * batch
     tflops = flops / seconds / jax.device_count() / 1e12
     peak = _peak(config)
     return Row(
-        "sample8_small", f"{config.model_name} student DDIM 8 steps {config.model.dtype}", batch,
+        "sample8_small", f"{config.model.name} student DDIM 8 steps {config.model.dtype}", batch,
         img_per_s=batch / seconds, tflops_per_device=tflops, mfu=tflops / peak if peak else None,
         cudnn_attention=bool(train_step_bench.cudnn_attention_calls(compiled.as_text())),
         attention_impl=_attention(config), compile_s=compile_s,

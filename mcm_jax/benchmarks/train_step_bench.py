@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import hardware, sharding, train, train_step
+from mcm_jax import data_config, hardware, sharding, train, train_step
 from mcm_jax.run_setup import RunSetup
 
 FLAGS = flags.FLAGS
@@ -26,12 +26,12 @@ FLAGS = flags.FLAGS
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
     """This process's slice of a random global batch of images in [-1, 1] and labels."""
-    m = config.model
     local = config.training.batch_size // jax.process_count()
+    shape, classes = data_config.image_shape(config.data), data_config.num_classes(config.data)
     rng = np.random.default_rng(seed)
     return {
-        "image": rng.uniform(-1, 1, (local, m.resolution, m.resolution, m.channels)).astype(np.float32),
-        "label": rng.integers(0, max(m.num_classes, 1), local).astype(np.int32),
+        "image": rng.uniform(-1, 1, (local, *shape)).astype(np.float32),
+        "label": rng.integers(0, max(classes, 1), local).astype(np.int32),
     }
 
 
@@ -105,7 +105,7 @@ def main(argv):
     device = jax.devices()[0]
     method = config.mcm.method if config.objective == "mcm" else ""
     print(
-        f"{device.platform} {device.device_kind} x{jax.device_count()} | {config.model_name} "
+        f"{device.platform} {device.device_kind} x{jax.device_count()} | {config.model.name} "
         f"{config.objective} {method} | batch {config.training.batch_size} | "
         f"dtype {config.model.dtype} | attention {config.model.attention_impl} "
         f"(cuDNN attention in the compiled step: {', '.join(figures['cudnn_attention']) or 'none'})"

@@ -1,1 +1,1 @@
-"""Parts of the eval job (`mcm_jax.evaluate`): its config, resumable sampling, metrics, reports."""
+"""Parts of the eval job (`mcm_jax.eval.evaluate`): its config, resumable sampling, metrics, reports."""

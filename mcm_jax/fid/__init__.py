@@ -4,7 +4,7 @@ Importable with only jax, flax, numpy and scipy: torch is used once by `python -
 mcm_jax.fid.convert`, TensorFlow only by `python -m mcm_jax.fid.reference`.
 """
 
-from mcm_jax.fid.conversion import convert_pytorch_fid_state_dict
+from mcm_jax.fid.from_pytorch_fid import convert_pytorch_fid_state_dict
 from mcm_jax.fid.frechet import frechet_distance
 from mcm_jax.fid.inception import (
     FEATURE_DIM,

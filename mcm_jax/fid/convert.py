@@ -1,4 +1,5 @@
-r"""The one-off command that turns pytorch-fid's Inception .pth into our .npz.
+r"""The one-off command that turns pytorch-fid's Inception .pth into our .npz (the mapping itself:
+mcm_jax.fid.from_pytorch_fid).
 
     python -m mcm_jax.fid.convert --input pt_inception-2015-12-05-6726825d.pth \
         --output fid_inception.npz
@@ -18,7 +19,7 @@ from absl import app, flags
 from etils import epath
 
 from mcm_jax import cli, files
-from mcm_jax.fid import conversion, weights
+from mcm_jax.fid import from_pytorch_fid, weights
 
 
 def read_pth_state_dict(path: epath.PathLike) -> dict[str, np.ndarray]:
@@ -37,7 +38,7 @@ def read_pth_state_dict(path: epath.PathLike) -> dict[str, np.ndarray]:
 
 def convert_file(state_dict: dict[str, np.ndarray], output: epath.PathLike) -> str:
     """Convert and write `output` (.npz) and `output`.sha256; returns the SHA-256."""
-    return weights.save_params(conversion.convert_pytorch_fid_state_dict(state_dict), output)
+    return weights.save_params(from_pytorch_fid.convert_pytorch_fid_state_dict(state_dict), output)
 
 
 FLAGS = flags.FlagValues()  # this command's own: importing the module defines no global flags

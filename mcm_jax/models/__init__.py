@@ -1,7 +1,7 @@
 """UViT models (docs/method.md §7): named configurations, construction, size and cost.
 
 config = model_config("imagenet64_small")
-model = build(config)
+model = build(config, channels=3, num_classes=1000)  # the data's (mcm_jax.data_config)
 v_hat = model.apply(variables, z, logsnr, label, train=True, rngs={"dropout": key})
 """
 

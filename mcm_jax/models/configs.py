@@ -8,7 +8,11 @@ A UViT is a list of levels, each at half the resolution of the one before, follo
 stack of transformer blocks at half the last level's resolution; the up path mirrors the levels.
 Per-level settings are tuples of equal length (`level_kinds`, `level_channels`, `level_blocks`,
 `level_dropout`); everything else is a flat scalar, so any field can be overridden with
-`--config.model.<field>=value`.
+`--config.model.<field>=value`. A configuration holds the network only: the image resolution,
+channels and number of classes are the data's (config.data; `build` takes channels and classes,
+`param_count` and `flops_per_example` the resolution too). A name's resolution is the one its
+network was made for (imagenet64_* 64 px, imagenet128_* 128, cifar10 32, digits 16; tiny runs at
+8 to 64).
 
 Parameter counts of the paper configurations (param_count, through jax.eval_shape) against the
 paper's: imagenet64_small 392.3M (394M, -0.4%), imagenet64_large 1.240B (1.23B, +0.8%),
@@ -38,9 +42,6 @@ def _base() -> ml_collections.ConfigDict:
     """Fields shared by every configuration; named configurations override some of them."""
     config = ml_collections.ConfigDict()
     config.name = "base"
-    config.resolution = 64  # native image resolution (pixels, square)
-    config.channels = 3  # image channels
-    config.num_classes = 1000  # labels 0..num_classes-1; num_classes is the null label
     config.level_kinds = (RESNET, TRANSFORMER)
     config.level_channels = (256, 512)
     config.level_blocks = (3, 3)
@@ -78,7 +79,6 @@ def _imagenet64_large() -> ml_collections.ConfigDict:
 def _imagenet128_small() -> ml_collections.ConfigDict:
     config = _base()
     config.name = "imagenet128_small"
-    config.resolution = 128
     config.level_kinds = (RESNET, RESNET, TRANSFORMER)
     config.level_channels = (128, 256, 512)
     config.level_blocks = (3, 3, 3)
@@ -98,11 +98,9 @@ def _imagenet128_large() -> ml_collections.ConfigDict:
 
 
 def _cifar10() -> ml_collections.ConfigDict:
-    """32 px, 10 classes: a few million parameters, trains on one GPU."""
+    """For 32 px CIFAR-10: a few million parameters, trains on one GPU."""
     config = _base()
     config.name = "cifar10"
-    config.resolution = 32
-    config.num_classes = 10
     config.level_channels = (128, 256)
     config.level_blocks = (2, 2)
     config.middle_channels = 256
@@ -114,12 +112,9 @@ def _cifar10() -> ml_collections.ConfigDict:
 
 
 def _digits() -> ml_collections.ConfigDict:
-    """16 px grey-scale digits, 10 classes: small enough to train on a CPU."""
+    """For 16 px grey-scale digits, 10 classes: small enough to train on a CPU."""
     config = _base()
     config.name = "digits"
-    config.resolution = 16
-    config.channels = 1
-    config.num_classes = 10
     config.level_channels = (32, 64)
     config.level_blocks = (1, 1)
     config.middle_channels = 64
@@ -140,8 +135,6 @@ def _tiny() -> ml_collections.ConfigDict:
     """
     config = _base()
     config.name = "tiny"
-    config.resolution = 16
-    config.num_classes = 10
     config.level_channels = (8, 16)
     config.level_blocks = (1, 1)
     config.middle_channels = 16

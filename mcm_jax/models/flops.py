@@ -10,8 +10,11 @@ from mcm_jax.models.uvit import build
 from mcm_jax.models.validation import validate
 
 
-def param_count(config: ml_collections.ConfigDict, resolution: int) -> int:
-    """Number of parameters of the model at `resolution`, through jax.eval_shape.
+def param_count(
+    config: ml_collections.ConfigDict, resolution: int, *, channels: int, num_classes: int
+) -> int:
+    """Number of parameters of the model for `channels`-channel images at `resolution` and
+    `num_classes` classes, through jax.eval_shape.
 
     Traced with XLA attention: the parameters do not depend on the attention kernel, and tracing
     cuDNN attention needs a GPU.
@@ -19,10 +22,10 @@ def param_count(config: ml_collections.ConfigDict, resolution: int) -> int:
     validate(config, resolution)
     config = ml_collections.ConfigDict(config)
     config.attention_impl = "xla"
-    model = build(config)
+    model = build(config, channels=channels, num_classes=num_classes)
 
     def init():
-        z = jnp.zeros((1, resolution, resolution, config.channels), jnp.float32)
+        z = jnp.zeros((1, resolution, resolution, channels), jnp.float32)
         ones = jnp.ones((1,), jnp.float32)
         return model.init(jax.random.PRNGKey(0), z, ones, ones.astype(jnp.int32), train=False)
 
@@ -46,8 +49,8 @@ def _transformer_block(tokens: int, width: int, embedding_width: int, mlp_ratio:
     return projections + scores_and_mixing + mlp + _dense(1, embedding_width, 4 * width)
 
 
-def flops_per_example(config: ml_collections.ConfigDict, resolution: int) -> float:
-    """Forward FLOPs of one example at `resolution` (a multiply-add is 2 FLOPs).
+def flops_per_example(config: ml_collections.ConfigDict, resolution: int, *, channels: int) -> float:
+    """Forward FLOPs of one `channels`-channel example at `resolution` (a multiply-add is 2 FLOPs).
 
     Counts dense layers, convolutions and the two attention matmuls (QK^T, AV); leaves out
     normalisations, activations, softmax, pooling and other elementwise work.
@@ -63,7 +66,7 @@ def flops_per_example(config: ml_collections.ConfigDict, resolution: int) -> flo
     first_pixels = resolution**2
     widths = (*config.level_channels, config.middle_channels)
     total = _dense(1, config.fourier_features, width_e) + _dense(1, width_e, width_e)
-    total += 2 * _dense(first_pixels, 9 * config.channels, widths[0])  # input and output convs
+    total += 2 * _dense(first_pixels, 9 * channels, widths[0])  # input and output convs
 
     for level, (kind, blocks) in enumerate(zip(config.level_kinds, config.level_blocks)):
         pixels, width = first_pixels // 4**level, widths[level]

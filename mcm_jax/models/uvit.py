@@ -1,6 +1,7 @@
 """UViT (simple diffusion, Hoogeboom et al. 2023): a U-Net whose low-resolution levels and middle
 stack are transformer blocks. It predicts v from (z, log-SNR, label)."""
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -12,7 +13,7 @@ import ml_collections
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
 from mcm_jax.models.configs import RESNET, TRANSFORMER
 from mcm_jax.models.layers import ConditioningEmbedding, sincos_position_embedding
-from mcm_jax.models.validation import DTYPES, validate
+from mcm_jax.models.validation import DTYPES, validate_static
 
 
 @functools.cache
@@ -154,25 +155,20 @@ class UViT(nn.Module):
         return v_hat.astype(jnp.float32)
 
 
-def build(config: ml_collections.ConfigDict) -> UViT:
-    """The UViT of a configuration (see configs.py); raises ValueError on a bad configuration."""
-    validate(config, config.resolution)
-    return UViT(
-        channels=config.channels,
-        num_classes=config.num_classes,
-        level_kinds=tuple(config.level_kinds),
-        level_channels=tuple(config.level_channels),
-        level_blocks=tuple(config.level_blocks),
-        level_dropout=tuple(config.level_dropout),
-        middle_channels=config.middle_channels,
-        middle_blocks=config.middle_blocks,
-        middle_dropout=config.middle_dropout,
-        embedding_width=config.embedding_width,
-        fourier_features=config.fourier_features,
-        head_dim=config.head_dim,
-        mlp_ratio=config.mlp_ratio,
-        norm_groups=config.norm_groups,
-        dtype=DTYPES[config.dtype],
-        attention_impl=config.attention_impl,
-        remat=config.remat,
-    )
+def build(config: ml_collections.ConfigDict, *, channels: int, num_classes: int) -> UViT:
+    """The UViT of a configuration (see configs.py) for images of `channels` channels and labels
+    0..num_classes-1 (num_classes is the null label; 0: unconditional), both the data's; raises
+    ValueError on a bad configuration. Every other field of UViT comes from the field of
+    `config` with its name (sequences as tuples, `dtype` by its name)."""
+    validate_static(config)
+    if not (isinstance(channels, int) and channels >= 1):
+        raise ValueError(f"channels: must be an integer >= 1, got {channels!r}")
+    if not (isinstance(num_classes, int) and num_classes >= 0):
+        raise ValueError(f"num_classes: must be an integer >= 0, got {num_classes!r}")
+    fields = {f.name for f in dataclasses.fields(UViT) if f.init} - {"parent", "name"}
+    values = {
+        key: tuple(config[key]) if isinstance(config[key], (list, tuple)) else config[key]
+        for key in fields - {"channels", "num_classes"}
+    }
+    values["dtype"] = DTYPES[config.dtype]
+    return UViT(channels=channels, num_classes=num_classes, **values)

@@ -79,7 +79,6 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "remat", REMAT_POLICIES)
     _check_positive(
         config,
-        "channels",
         "middle_channels",
         "middle_blocks",
         "embedding_width",
@@ -87,7 +86,6 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
         "mlp_ratio",
         "norm_groups",
     )
-    _require(config.num_classes >= 0, f"num_classes: must be >= 0, got {config.num_classes}")
     _require(
         config.fourier_features >= 2 and config.fourier_features % 2 == 0,
         f"fourier_features: must be even and >= 2, got {config.fourier_features}",
@@ -109,12 +107,15 @@ def total_pooling(config: ml_collections.ConfigDict) -> int:
     return 2 ** len(config.level_kinds)
 
 
-def validate(config: ml_collections.ConfigDict, resolution: int) -> None:
-    """Checks the configuration and that it can run at `resolution` pixels (square images)."""
+def validate(
+    config: ml_collections.ConfigDict, resolution: int, resolution_field: str = "resolution"
+) -> None:
+    """Checks the configuration and that it can run at `resolution` pixels (square images); an
+    error about the resolution names `resolution_field` (where the caller's value comes from)."""
     validate_static(config)
     pooling = total_pooling(config)
     _require(
         isinstance(resolution, int) and resolution >= pooling and resolution % pooling == 0,
-        f"resolution: {resolution!r} must be a positive multiple of {pooling}, the total pooling "
-        f"of the {len(config.level_kinds)} levels (level_kinds) before the middle stack",
+        f"{resolution_field}: {resolution!r} must be a positive multiple of {pooling}, the total "
+        f"pooling of the {len(config.level_kinds)} levels (level_kinds) before the middle stack",
     )

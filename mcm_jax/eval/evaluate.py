@@ -29,23 +29,25 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, config_lib, files, images, multihost, samplers
+from mcm_jax import checkpointing, data_config, files, images, multihost, samplers
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, report, sampling
 from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
 from mcm_jax.progress import ProgressFn
-from mcm_jax.run_setup import RunSetup, check_run_matches
+from mcm_jax.run_setup import RunSetup, check_run_matches, own_sampler
 
 __all__ = ["default_eval_config", "evaluate", "sweep_settings", "validate"]
 
 def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
-    """The samplers to evaluate: every (method, steps) of the sweep, or the run's own sampler."""
+    """The samplers to evaluate: every (method, steps) of the sweep, or the run's own sampler
+    (`run_setup.own_sampler`) where the sweep leaves steps or methods empty."""
     e = config.eval
     steps, methods = tuple(e.sweep_steps), tuple(e.sweep_methods)
+    own = own_sampler(config)
     if config.objective == "mcm":
-        s = config.mcm.student_steps
+        s = own.steps
         if steps not in ((), (s,)):
             raise ValueError(
                 f"config.eval.sweep_steps: a student trained for S={s} steps samples with exactly "
@@ -61,9 +63,9 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
                 "config.eval.guidance_weight: guidance applies to teachers; a CD student distils "
                 "the guided teacher (config.mcm.guidance_weight)"
             )
-        return [SamplerSetting("ddim", s)]
-    steps = steps or (config.training.sample_steps,)
-    methods = methods or (config.training.sample_method,)
+        return [own]
+    steps = steps or (own.steps,)
+    methods = methods or (own.method,)
     for method in methods:
         if method not in samplers.METHODS:
             raise ValueError(
@@ -74,7 +76,7 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
             raise ValueError(f"config.eval.sweep_steps: {count!r} is not an integer >= 1")
     if e.guidance_weight < 0:
         raise ValueError(f"config.eval.guidance_weight: must be >= 0, got {e.guidance_weight}")
-    if e.guidance_weight and not config.model.num_classes:
+    if e.guidance_weight and not data_config.num_classes(config.data):
         raise ValueError("config.eval.guidance_weight: guidance needs a class-conditional model")
     weight = float(e.guidance_weight)
     return [
@@ -85,14 +87,14 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[SamplerSetting]:
-    """Checks config.eval before any compute; returns the sweep's settings."""
+    """Checks config.eval before any compute; returns the sweep's settings. The rest of the
+    config is the run's, checked once by `RunSetup.create`."""
     if "eval" not in config:
         raise ValueError(
             "config.eval: missing; config_lib.base_config() should attach "
             "mcm_jax.eval.config.default_eval_config()"
         )
     e = config.eval
-    config_lib.validate(config, num_devices=num_devices)
     check_ema_index(config)
     settings = sweep_settings(config)
     if e.metric not in METRICS:
@@ -151,13 +153,12 @@ def _poll_steps(
 class _Job:
     """Evaluates sweeps of one run; keeps the compiled samplers across checkpoint steps."""
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, settings: list[SamplerSetting], root: epath.Path
-    ):
+    def __init__(self, setup: RunSetup, settings: list[SamplerSetting], root: epath.Path):
+        config = setup.config
         e = config.eval
         self.config, self.settings, self.root = config, settings, root
         self.x_var_fn = load_x_var_table(e.x_var_table) if e.x_var_table else None
-        self.setup = RunSetup.create(config)
+        self.setup = setup
         self.space = metrics.feature_space(config, self.setup.mesh)
         self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}
@@ -222,7 +223,7 @@ class _Job:
         sampler = self._sampler(setting)
         complete = sampling.generate_samples(
             lambda first: sampler(params, first), directory, num_samples=e.num_samples,
-            batch_size=e.batch_size, num_classes=self.config.model.num_classes,
+            batch_size=e.batch_size, num_classes=data_config.num_classes(self.config.data),
             max_chunks=max_chunks, progress=progress,
         )
         if not complete:
@@ -244,7 +245,7 @@ class _Job:
     def _score_and_save(self, directory: epath.Path, step: int, setting: SamplerSetting) -> dict:
         """One pass over the chunks: the score, the grid PNG and, if asked for, samples.npz."""
         e = self.config.eval
-        conditional = self.config.model.num_classes > 0
+        conditional = data_config.num_classes(self.config.data) > 0
         scorer = metrics.Scorer(self.space, conditional) if self.space else None
         kept_images, kept_labels = [], []
         keep = e.num_samples if e.save_samples else e.grid_images
@@ -280,6 +281,7 @@ def evaluate(
     which case nothing is scored and the result is []. `progress(done, total)` follows the sweep
     of each evaluated step, in sampler steps times chunks.
     """
+    setup = RunSetup.create(config)  # validates the run's config, the one time in an eval job
     settings = validate(config, jax.device_count())
     e = config.eval
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
@@ -289,7 +291,7 @@ def evaluate(
         steps = [_agreed(checkpointing.resolve_step(ckpt, e.step, workdir))]
     check_run_matches(config, workdir)
     tag = e.name or f"n{e.num_samples}_seed{e.seed}_ema{e.ema_index}"
-    job = _Job(config, settings, epath.Path(workdir) / "eval" / tag)
+    job = _Job(setup, settings, epath.Path(workdir) / "eval" / tag)
     rows: list[dict] = []
     for step in steps:
         rows = job.evaluate_step(ckpt, step, max_chunks, progress or (lambda done, total: None))

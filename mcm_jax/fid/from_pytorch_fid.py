@@ -1,4 +1,5 @@
-"""pytorch-fid's Inception state dict (numpy) -> InceptionV3 params, BatchNorm folded in."""
+"""pytorch-fid's Inception state dict (numpy) -> InceptionV3 params, BatchNorm folded in: the
+mapping only, torch-free; `python -m mcm_jax.fid.convert` is the command that reads the .pth."""
 
 from __future__ import annotations
 

@@ -1,0 +1,156 @@
+"""The experiment families behind the config files in configs/: one builder per file, taking the
+same argument string (`presets.digits_mcm("steps=4,method=cd")` is
+`--config=configs/digits_mcm.py:steps=4,method=cd`), and the pieces they share.
+
+A config file imports only mcm_jax, so configs/ is a folder of files loaded by path (as
+ml_collections' config_flags loads them), not a package; tests and the main job build the same
+configs from here. Each config file's docstring says where its settings come from.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mcm_jax import config_lib
+
+SIZES = ("small", "large")
+METHODS = ("cd", "ct")
+# Classifier-free guidance of the small ImageNet128 teacher's eval and of its CD student: ours,
+# the paper gives none (why it is small: configs/imagenet128_diffusion.py).
+IMAGENET128_GUIDANCE_WEIGHT = 0.2
+
+
+def choice(args: dict, key: str, allowed: tuple[str, ...]) -> str:
+    """The config argument `key`, checked against `allowed`."""
+    value = args[key]
+    if value not in allowed:
+        raise ValueError(f"config argument {key}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def student_args(arg: str, **defaults) -> dict:
+    """Parses `steps=S,method=cd|ct` plus `defaults`' keys; `steps` comes back as an int."""
+    args = config_lib.parse_arg(arg, steps=8, method="cd", **defaults)
+    if args["steps"] < 1:
+        raise ValueError(f"config argument steps={args['steps']}: expected an integer >= 1")
+    return {**args, "method": choice(args, "method", METHODS)}
+
+
+def make_student(config: ml_collections.ConfigDict, steps: int, method: str):
+    """Turns a teacher config into its S-step student with the paper's MCM settings: the other
+    `config.mcm` fields keep `config_lib.base_config`'s defaults, which are the paper's."""
+    config.objective = "mcm"
+    config.mcm.method = method
+    config.mcm.student_steps = steps
+    config.teacher.workdir = ""
+    config.training.num_steps = 200_000
+    return config
+
+
+def digits_diffusion(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/digits_diffusion.py; arg: `model=digits|tiny` (tiny: the test network)."""
+    args = config_lib.parse_arg(arg, model="digits")
+    config = config_lib.with_model(config_lib.base_config(), args["model"])
+    config.objective = "diffusion"
+    config.data.update(name="digits", resolution=16)
+    config.diffusion.label_dropout = 0.1
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
+    config.ema_decays = (0.999,)
+    config.training.update(
+        batch_size=128, num_steps=3000, log_every=100, checkpoint_every=500, keep_period=0,
+        sample_every=1000, sample_steps=64,
+    )
+    return config
+
+
+def digits_mcm(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/digits_mcm.py; arg: `steps=S,method=cd|ct,model=digits|tiny`."""
+    args = student_args(arg, model="digits")
+    config = make_student(digits_diffusion(f"model={args['model']}"), args["steps"], args["method"])
+    config.mcm.teacher_steps_end = 256
+    config.mcm.anneal_iterations = 1000
+    config.optimizer.learning_rate = 2e-4
+    config.optimizer.warmup_steps = 50
+    config.training.num_steps = 1500
+    return config
+
+
+def cifar10_diffusion(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/cifar10_diffusion.py; no argument."""
+    config_lib.parse_arg(arg)  # no arguments: anything given is an error that names it
+    config = config_lib.with_model(config_lib.base_config(), "cifar10")
+    config.objective = "diffusion"
+
+    config.data.update(name="cifar10", resolution=32, eval_split="test", random_flip=True)
+    config.schedule.name = "cosine"
+    config.diffusion.label_dropout = 0.1
+    config.optimizer.update(learning_rate=2e-4, warmup_steps=1000, b2=0.99, grad_clip_norm=1.0)
+    config.ema_decays = (0.9999,)
+    config.training.update(
+        batch_size=512, num_steps=200_000, checkpoint_every=5000, keep_period=50_000,
+        sample_every=10_000,
+    )
+    return config
+
+
+def cifar10_mcm(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/cifar10_mcm.py; arg: `steps=S,method=cd|ct`."""
+    args = student_args(arg)
+    config = make_student(cifar10_diffusion(), args["steps"], args["method"])
+    config.mcm.anneal_iterations = 50_000
+    config.training.num_steps = 100_000
+    return config
+
+
+def imagenet_teacher(resolution: int, arg: str) -> ml_collections.ConfigDict:
+    """The ImageNet teacher at `resolution` (64 or 128) for the argument string `size=...`, before
+    the eval defaults and the 128 px specifics of `imagenet_diffusion`."""
+    size = choice(config_lib.parse_arg(arg, size="small"), "size", SIZES)
+    config = config_lib.with_model(config_lib.base_config(), f"imagenet{resolution}_{size}")
+    config.objective = "diffusion"
+
+    config.data.update(
+        name="imagenet2012", resolution=resolution, eval_split="validation", random_flip=True
+    )
+    config.schedule.update(
+        name="interpolated_cosine", noise_resolution_low=32, noise_resolution_high=resolution
+    )
+    config.diffusion.update(weighting="v", distance="mse", label_dropout=0.1)
+    config.optimizer.update(
+        learning_rate=1e-4, warmup_steps=1000, decay="constant", b1=0.9, b2=0.99,
+        weight_decay=0.0, grad_clip_norm=1.0,
+    )
+    config.ema_decays = (0.9999,)
+    config.training.update(
+        batch_size=2048, num_steps=500_000, checkpoint_every=5000, keep_period=50_000,
+        sample_every=10_000,
+    )
+    return config
+
+
+def imagenet_diffusion(resolution: int, arg: str = "") -> ml_collections.ConfigDict:
+    """configs/imagenet{64,128}_diffusion.py; arg: `size=small|large`. Evaluates as the paper's
+    diffusion baseline (Table 1, last row): 512 aDDIM steps; at 128 px the multiscale loss with
+    one pooling and, for the small network, guided evals."""
+    config = imagenet_teacher(resolution, arg)
+    config.eval.sweep_steps = (512,)
+    config.eval.sweep_methods = ("addim",)
+    if resolution == 128:
+        config.diffusion.multiscale_pools = 1
+        if config.model.name == "imagenet128_small":
+            config.eval.guidance_weight = IMAGENET128_GUIDANCE_WEIGHT
+    return config
+
+
+def imagenet_mcm(resolution: int, arg: str = "") -> ml_collections.ConfigDict:
+    """configs/imagenet{64,128}_mcm.py; arg: `steps=S,method=cd|ct,size=small|large`. At 128 px
+    the multiscale consistency loss, and the small CD student distils the guided teacher."""
+    args = student_args(arg, size="small")
+    size = choice(args, "size", SIZES)
+    teacher = imagenet_teacher(resolution, f"size={size}")
+    config = make_student(teacher, args["steps"], args["method"])
+    if resolution == 128:
+        if config.model.name == "imagenet128_small" and config.mcm.method == "cd":
+            config.mcm.guidance_weight = IMAGENET128_GUIDANCE_WEIGHT
+        config.mcm.multiscale_pools = 1
+    return config
