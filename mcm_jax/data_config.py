@@ -48,6 +48,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
       random_flip: random horizontal flips in training (natural images only).
       prefetch: batches tf.data prepares ahead.
       num_parallel_calls: decode and preprocess parallelism; -1 is tf.data.AUTOTUNE.
+      class_conditional: True: the model takes the data set's labels; False: an unconditional
+        model (labels are read but not used; no guidance).
     """
     spec = dataset_spec(name)
     config = ml_collections.ConfigDict()
@@ -59,6 +61,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     config.shuffle_buffer = 10_000
     config.random_flip = spec.random_flip
     config.prefetch = 2
+    config.class_conditional = True
     config.num_parallel_calls = -1
     return config
 
@@ -94,6 +97,6 @@ def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def num_classes(data_config: ml_collections.ConfigDict) -> int:
-    """Number of class labels (labels are 0 .. num_classes - 1; num_classes is the model's null
-    label)."""
-    return dataset_spec(data_config.name).num_classes
+    """Number of class labels the model takes (labels are 0 .. num_classes - 1; num_classes is
+    the model's null label); 0 for an unconditional model (`class_conditional=False`)."""
+    return dataset_spec(data_config.name).num_classes if data_config.class_conditional else 0

@@ -119,3 +119,20 @@ def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatc
     setting = sampling.SamplerSetting(method, steps)
     eval_batch = setup.batch_sampler(setting, seed=config.seed, batch_size=8)(params, 0)
     np.testing.assert_array_equal(first, images.to_uint8(np.asarray(eval_batch)[:4]))
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "mcm"])
+def test_an_unconditional_model_ignores_the_labels(objective):
+    """data.class_conditional=False: only the null label's embedding, and labels change nothing."""
+    config = _config(objective)
+    config.data.class_conditional = False
+    assert config_lib.null_label(config) == 0
+    state, losses, trainer = _run(config, jax.devices()[:1])
+    assert trainer.setup.model.num_classes == 0 and np.all(np.isfinite(losses))
+    # The label table holds only the null label's row.
+    assert state.params["conditioning"]["label"]["embedding"].shape[0] == 1
+    z = jnp.zeros((2, 16, 16, 1))
+    t = jnp.full((2,), 0.5)
+    out = [trainer.setup.model_fn(state.params, z, t, jnp.array([label] * 2), False, None)
+           for label in (0, 7)]
+    np.testing.assert_array_equal(out[0], out[1])
