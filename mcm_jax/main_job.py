@@ -77,7 +77,7 @@ def write_picture(workdir: str, budget: Budget) -> str | None:
         images, _ = results_picture.load_samples(
             root / "teacher", f"{method}_{steps}steps", PICTURE_IMAGES
         )
-        rows.append((f"teacher, {method.upper()} {steps}", images))
+        rows.append((f"teacher, {'aDDIM' if method == 'addim' else 'DDIM'} {steps}", images))
     for kind, s in budget.students:
         if kind == "cd":
             images, _ = results_picture.load_samples(

@@ -96,3 +96,20 @@ def test_venv_installs_once_then_only_when_setup_py_changes(tmp_path):
     (repo / "setup.py").write_text("# version 2\n")
     assert _source_venv(repo, env) == install  # setup.py changed: reinstall into the same .venv
     assert _source_venv(repo, env) == []
+
+
+def test_a_failed_install_shows_the_end_of_pip_s_log_and_fails(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    (repo / "launch" / "venv.sh").write_text(open(os.path.join(ROOT, "launch", "venv.sh")).read())
+    (repo / "setup.py").write_text("# version 1\n")
+    python = tmp_path / "python3"
+    python.write_text(FAKE_PYTHON.replace('>>"%s"\\n', '>>"%s"; echo "no matching distribution"; exit 1\\n'))
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "LOG": str(repo / "calls.log")}
+    result = subprocess.run(["bash", "-c", "set -eu; source launch/venv.sh; echo after"],
+                            cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "after" not in result.stdout
+    assert "no matching distribution" in result.stderr
+    assert "error: installing into .venv failed" in result.stderr
+    assert not (repo / ".venv" / "installed-setup.py").exists()  # the next run tries again

@@ -52,32 +52,41 @@ def _summary(cd_fd, ct_fd, ddim, addim, annealed, constant, ddim_teacher, snr):
     }
 
 
-def test_claims_follow_the_numbers():
+def test_claims_follow_the_numbers_and_their_noise():
+    # Two seeds, sd 0.5 for every Table 1 cell: a CD-CT difference needs more than
+    # 2·sqrt((0.5² + 0.5²)/2) = 1.0; a single-seed ablation more than 2·√2·0.5 = 1.41.
     agreeing = _summary([9.0, 6.0], [12.0, 8.0], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
-                        annealed=6.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=9.0)
+                        annealed=6.0, constant=[8.0, 7.5], ddim_teacher=8.0, snr=9.0)
     paragraphs = miniature.claims(agreeing, TINY)
     assert len(paragraphs) == 6
-    assert all("**Agrees.**" in p for p in paragraphs[:5])
+    assert all(p.endswith(miniature.AGREES) for p in paragraphs[:5]), paragraphs
     assert "9.00 → 6.00" in paragraphs[0] and "12.00 → 8.00" in paragraphs[0]
-    assert "v-space is clearly better" in paragraphs[5]
-    disagreeing = _summary([6.0, 9.0], [5.0, 8.0], [20.0, 10.0, 5.0], [30.0, 15.0, 4.5],
-                           annealed=8.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=8.2)
+    assert "S = 1: 9.00 vs 12.00 (noise ±1.00)" in paragraphs[1]
+    assert "v-space is better beyond the noise" in paragraphs[5]
+    disagreeing = _summary([7.0, 9.5], [5.0, 8.0], [20.0, 10.0, 5.0], [30.0, 15.0, 4.5],
+                           annealed=8.0, constant=[7.0, 6.5], ddim_teacher=6.0, snr=8.2)
     paragraphs = miniature.claims(disagreeing, TINY)
-    assert all("**Does not agree.**" in p for p in paragraphs[:5])
-    assert "within the seed spread" in paragraphs[5]
+    assert all(miniature.DISAGREES in p for p in paragraphs[:5]), paragraphs
+    assert "within the noise" in paragraphs[5]
+    within_noise = _summary([9.0, 6.0], [9.5, 6.5], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
+                            annealed=6.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=6.0)
+    paragraphs = miniature.claims(within_noise, TINY)
+    assert [p.endswith(miniature.INCONCLUSIVE) for p in paragraphs[1:5]] == [
+        True, False, True, True
+    ]
 
 
 def test_report_has_every_table_and_the_provenance():
     summary = _summary([9.0, 6.0], [12.0, 8.0], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
-                       annealed=6.0, constant=[7.0, 6.5], ddim_teacher=7.0, snr=9.0)
+                       annealed=6.0, constant=[8.0, 7.5], ddim_teacher=8.0, snr=9.0)
     meta = {"command": "python -m mcm_jax.miniature --x", "commit": "abc1234",
             "machine": "2 CPU cores (test)", "duration": "1h02m"}
     text = miniature.report(summary, TINY, meta)
     assert "python -m mcm_jax.miniature --x" in text and "`abc1234`" in text
-    assert "2 CPU cores (test), 1h02m in all" in text
+    assert "2 CPU cores (test); wall time 1h02m." in text
     assert "| 2 | 8.00 ± 0.50 (0.90 ± 0.01) | 6.00 ± 0.50 (0.90 ± 0.01) |" in text
     assert "| 64 | 5.00 | 4.50 | 0.900 | 0.900 |" in text
-    assert "| teacher steps constant 16 | 6.50 |" in text
+    assert "| teacher steps constant 16 | 7.50 |" in text
     assert "miniature_samples.png" in text and "miniature_fd_steps.png" in text
 
 
@@ -87,7 +96,8 @@ def test_tiny_miniature_end_to_end_then_reuses_finished_runs(tmp_path):
     lines = io.StringIO()
     path = miniature.run(str(tmp_path / "work"), str(out), TINIER, "cmd", stream=lines)
     text = path.read_text()
-    assert "## Table 1" in text and text.count("**Agrees.**") + text.count("**Does not agree.**") == 5
+    verdicts = (miniature.AGREES, miniature.DISAGREES, miniature.INCONCLUSIVE)
+    assert "## Table 1" in text and sum(text.count(v) for v in verdicts) >= 5
     assert (out / "miniature_samples.png").exists() and (out / "miniature_fd_steps.png").exists()
     stages = lines.getvalue().splitlines()
     assert len(stages) == 2 * 8 + 1 and stages[-1].startswith("[17/17] report")
