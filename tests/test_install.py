@@ -80,15 +80,21 @@ def _source_venv(repo, env) -> list[str]:
     return log.read_text().splitlines()
 
 
-def test_venv_installs_once_then_only_when_setup_py_changes(tmp_path):
+def _repo_with_fake_python(tmp_path, fake_python: str):
+    """A repository with launch/venv.sh and setup.py, and the environment to source it with a
+    fake python; returns (repo, env)."""
     repo = tmp_path / "repo"
     (repo / "launch").mkdir(parents=True)
     (repo / "launch" / "venv.sh").write_text(open(os.path.join(ROOT, "launch", "venv.sh")).read())
     (repo / "setup.py").write_text("# version 1\n")
     python = tmp_path / "python3"
-    python.write_text(FAKE_PYTHON)
+    python.write_text(fake_python)
     python.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "LOG": str(repo / "calls.log")}
+    return repo, {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "LOG": str(repo / "calls.log")}
+
+
+def test_venv_installs_once_then_only_when_setup_py_changes(tmp_path):
+    repo, env = _repo_with_fake_python(tmp_path, FAKE_PYTHON)
 
     install = ["-m pip install -q --upgrade pip", "-m pip install -q -e .[test]"]
     assert _source_venv(repo, env) == install  # no .venv: create and install
@@ -99,14 +105,8 @@ def test_venv_installs_once_then_only_when_setup_py_changes(tmp_path):
 
 
 def test_a_failed_install_shows_the_end_of_pip_s_log_and_fails(tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "launch").mkdir(parents=True)
-    (repo / "launch" / "venv.sh").write_text(open(os.path.join(ROOT, "launch", "venv.sh")).read())
-    (repo / "setup.py").write_text("# version 1\n")
-    python = tmp_path / "python3"
-    python.write_text(FAKE_PYTHON.replace('>>"%s"\\n', '>>"%s"; echo "no matching distribution"; exit 1\\n'))
-    python.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "LOG": str(repo / "calls.log")}
+    failing = FAKE_PYTHON.replace('>>"%s"\\n', '>>"%s"; echo "no matching distribution"; exit 1\\n')
+    repo, env = _repo_with_fake_python(tmp_path, failing)
     result = subprocess.run(["bash", "-c", "set -eu; source launch/venv.sh; echo after"],
                             cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "after" not in result.stdout
