@@ -38,19 +38,12 @@ def table_path(workdir: epath.PathLike, step: int) -> str:
 
 def load_x_var_table(path: epath.PathLike) -> samplers.XVarFn:
     """The aDDIM x_var function of a calibration table (config.eval.x_var_table)."""
-    if not files.is_file(path):
-        raise FileNotFoundError(
-            f"config.eval.x_var_table: no file at {path}; make it with python -m mcm_jax.calibrate "
-            "--config=<the teacher's config> --workdir=<teacher workdir>"
-        )
-    with files.open_npz(path) as table:
-        missing = [key for key in TABLE_KEYS if key not in table.files]
-        if missing:
-            raise ValueError(
-                f"config.eval.x_var_table: {path} lacks {missing}; a calibration table has "
-                f"{TABLE_KEYS} (python -m mcm_jax.calibrate writes one)"
-            )
-        return samplers.table_x_var_fn(table["times"], table["x_vars"])
+    table = files.read_npz_members(
+        path, TABLE_KEYS, what="config.eval.x_var_table",
+        hint="make one with python -m mcm_jax.calibrate --config=<the teacher's config> "
+        "--workdir=<teacher workdir>",
+    )
+    return samplers.table_x_var_fn(table["times"], table["x_vars"])
 
 
 def save_x_var_table(

@@ -47,3 +47,20 @@ def open_npz(path: epath.PathLike) -> Iterator[np.lib.npyio.NpzFile]:
     """The .npz at `path`, its members read on access; refuses pickled members."""
     with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as archive:
         yield archive
+
+
+def read_npz_members(
+    path: epath.PathLike, keys: tuple[str, ...], *, what: str, hint: str
+) -> dict[str, np.ndarray]:
+    """The members `keys` of the .npz at `path`. A missing file or member is an error that names
+    `what` (the config field or role of the file) and says `hint` (how to make a good one)."""
+    if not is_file(path):
+        raise FileNotFoundError(f"{what}: no file at {path}; {hint}")
+    with open_npz(path) as archive:
+        missing = [key for key in keys if key not in archive.files]
+        if missing:
+            raise ValueError(
+                f"{what}: {path} has no member(s) {missing} (found {sorted(archive.files)}); {hint}"
+            )
+        return {key: archive[key] for key in keys}
+

@@ -163,7 +163,7 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path, teacher_dir, digits_data_
     weights.write_bytes(b"")
     reference = tmp_path / "reference.npz"
     np.savez(reference, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
-    fails(ValueError, r"missing key\(s\) \['mu', 'sigma'\]", metric="fid",
+    fails(ValueError, r"no member\(s\) \['mu', 'sigma'\]", metric="fid",
           inception_weights=str(weights), reference_stats=str(reference))
     fails(ValueError, r"checkpoint step 7 does not exist .* available: \[100\]", step=7)
     fails(ValueError, "config.eval.sweep_methods: 'euler'", sweep_methods=("euler",))

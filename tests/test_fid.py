@@ -261,7 +261,7 @@ def test_reference_without_mu_or_sigma_names_the_key(tmp_path, missing):
     arrays = {"arr_0": np.zeros((2, 8, 8, 3), np.uint8), "mu": np.zeros(4), "sigma": np.eye(4)}
     del arrays[missing]
     np.savez(path, **arrays)
-    with pytest.raises(ValueError, match=f"missing key\\(s\\) \\['{missing}'\\]"):
+    with pytest.raises(ValueError, match=f"no member\\(s\\) \\['{missing}'\\]"):
         fid.load_reference_statistics(path)
 
 

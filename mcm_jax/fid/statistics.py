@@ -71,16 +71,11 @@ def load_reference_statistics(path: epath.PathLike) -> tuple[np.ndarray, np.ndar
 
     Only those two members are read, not a reference batch's images.
     """
-    if not files.is_file(path):
-        raise FileNotFoundError(f"reference statistics: no file at {path}")
-    with files.open_npz(path) as archive:
-        missing = [key for key in REFERENCE_KEYS if key not in archive.files]
-        if missing:
-            raise ValueError(
-                f"reference statistics {path}: missing key(s) {missing}; an FID reference npz "
-                f"needs 'mu' (D,) and 'sigma' (D, D), found {sorted(archive.files)}"
-            )
-        mu, sigma = archive["mu"].astype(np.float64), archive["sigma"].astype(np.float64)
+    members = files.read_npz_members(
+        path, REFERENCE_KEYS, what="reference statistics",
+        hint="an FID reference npz holds 'mu' (D,) and 'sigma' (D, D)",
+    )
+    mu, sigma = members["mu"].astype(np.float64), members["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise ValueError(
             f"reference statistics {path}: expected mu (D,) and sigma (D, D), "
