@@ -97,10 +97,11 @@ def run(workdir: str, budget: Budget = Budget(), stream=None) -> str:
     job = runs(workdir, budget)
     plan = digits_runs.plan_for(job, [progress.Stage("table and picture", 1.0)], stream)
     index = digits_runs.execute(job, workdir, plan)
-    with plan.run(index):
+    with plan.run(index) as report:
         table = results_table.format_table(results_table.collect(workdir))
         (epath.Path(workdir) / "results.md").write_text(table + "\n")
         write_picture(workdir, budget)
+        report(1, 1)
     return table
 
 

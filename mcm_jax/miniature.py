@@ -253,7 +253,8 @@ def claims(summary: dict, scale: Scale) -> list[str]:
 
     def cd_ct_phrase(s: int) -> str:
         cd, ct = t1[("cd", s)]["fd_digits"][0], t1[("ct", s)]["fd_digits"][0]
-        return f"S = {s}: {cd:.2f} vs {ct:.2f} (noise ±{pair_noise(s):.2f}) {cd_ct[s]}"
+        outcome = {AGREES: "CD ahead", DISAGREES: "CT ahead", INCONCLUSIVE: "within the noise"}
+        return f"S = {s}: {cd:.2f} vs {ct:.2f} (noise ±{pair_noise(s):.2f}, {outcome[cd_ct[s]]})"
 
     return [
         "**Table 1: more student steps close the gap to the teacher.** The paper's MCMs improve "
@@ -422,12 +423,14 @@ def run(workdir: str, out: str, scale: Scale, command: str, stream=None) -> epat
     job = runs(workdir, scale)
     plan = digits_runs.plan_for(job, [progress.Stage("report", 1.0)], stream)
     index = digits_runs.execute(job, workdir, plan)
-    with plan.run(index):
+    with plan.run(index) as report:
         meta = {
             "command": command, "commit": _commit(), "machine": _machine(),
             "duration": progress.duration(time.time() - start),
         }
-        return write_outputs(epath.Path(out), workdir, scale, meta)
+        path = write_outputs(epath.Path(out), workdir, scale, meta)
+        report(1, 1)
+    return path
 
 
 FLAGS = flags.FLAGS

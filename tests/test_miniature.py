@@ -61,7 +61,7 @@ def test_claims_follow_the_numbers_and_their_noise():
     assert len(paragraphs) == 6
     assert all(p.endswith(miniature.AGREES) for p in paragraphs[:5]), paragraphs
     assert "9.00 → 6.00" in paragraphs[0] and "12.00 → 8.00" in paragraphs[0]
-    assert "S = 1: 9.00 vs 12.00 (noise ±1.00)" in paragraphs[1]
+    assert "S = 1: 9.00 vs 12.00 (noise ±1.00, CD ahead)" in paragraphs[1]
     assert "v-space is better beyond the noise" in paragraphs[5]
     disagreeing = _summary([7.0, 9.5], [5.0, 8.0], [20.0, 10.0, 5.0], [30.0, 15.0, 4.5],
                            annealed=8.0, constant=[7.0, 6.5], ddim_teacher=6.0, snr=8.2)
