@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcm_jax.models.layers import SelfAttention
+from mcm_jax.models.layers import CrossAttention, SelfAttention
 
 # Rematerialisation policies for a block (config.remat; "none" means no rematerialisation).
 CHECKPOINT_POLICIES = {
@@ -48,7 +48,12 @@ class ResNetBlock(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block on the pixels of x (batch, height, width, channels) as tokens:
-    conditioned LayerNorm, self-attention, dropout; conditioned LayerNorm, MLP (GELU, dropout)."""
+    conditioned LayerNorm, self-attention, dropout; with a text context, LayerNorm,
+    cross-attention to the text tokens, dropout; conditioned LayerNorm, MLP (GELU, dropout).
+
+    text is (tokens, attention_mask, has_text) from layers.TextContext, or None: no
+    cross-attention and no parameters for it (the block of a model without text conditioning).
+    """
 
     channels: int
     head_dim: int
@@ -59,7 +64,12 @@ class TransformerBlock(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        embedding: jax.Array,
+        text: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    ) -> jax.Array:
         tokens = x.reshape(x.shape[0], -1, x.shape[-1])
         modulation = nn.Dense(4 * self.channels, dtype=self.dtype, name="modulation")(embedding)
         scale_attn, shift_attn, scale_mlp, shift_mlp = jnp.split(modulation[:, None], 4, -1)
@@ -71,6 +81,8 @@ class TransformerBlock(nn.Module):
             _modulate(h, scale_attn, shift_attn)
         )
         tokens = tokens + nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
+        if text is not None:
+            tokens = tokens + self._cross_attention(tokens, *text)
 
         h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm_mlp")(tokens)
         h = nn.Dense(self.mlp_ratio * self.channels, dtype=self.dtype, name="mlp_in")(
@@ -79,3 +91,13 @@ class TransformerBlock(nn.Module):
         h = nn.Dropout(self.dropout)(nn.gelu(h), deterministic=self.deterministic)
         tokens = tokens + nn.Dense(self.channels, dtype=self.dtype, name="mlp_out")(h)
         return tokens.reshape(x.shape)
+
+    def _cross_attention(
+        self, tokens: jax.Array, context: jax.Array, mask: jax.Array, has_text: jax.Array
+    ) -> jax.Array:
+        """The residual branch of cross-attention: LayerNorm, attention to the text, dropout."""
+        h = nn.LayerNorm(dtype=self.dtype, name="norm_cross")(tokens)
+        h = CrossAttention(self.head_dim, self.attention_impl, self.dtype, name="cross_attention")(
+            h, context, mask, has_text
+        )
+        return nn.Dropout(self.dropout)(h, deterministic=self.deterministic)

@@ -29,7 +29,11 @@ The choices that set them:
 - ResNet blocks: GroupNorm, two 3x3 convolutions, no attention; transformer blocks: LayerNorm
   (affine from the conditioning only), fused qkv, MLP ratio 4; all dense layers have biases;
 - time: 256 Fourier features of the log-SNR -> 2-layer MLP; label: an embedding table with a null
-  row; fixed 2-D sin-cos position embeddings (no parameters, so any resolution works).
+  row; fixed 2-D sin-cos position embeddings (no parameters, so any resolution works);
+- text (text_width > 0, none of the named configurations): LayerNorm of the encoder's tokens;
+  in every transformer block, after self-attention, LayerNorm and cross-attention to the tokens
+  (separate q and fused kv projections), residual; the masked mean of the tokens, projected
+  without bias, is added to the conditioning embedding.
 """
 
 import ml_collections
@@ -57,6 +61,9 @@ def _base() -> ml_collections.ConfigDict:
     config.dtype = "bfloat16"  # compute dtype; parameters are always float32
     config.attention_impl = "auto"  # "auto" | "xla" | "cudnn"
     config.remat = "none"  # "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable"
+    # Text conditioning (paper §5.2): 0 for none; else the width of the text encoder's token
+    # embeddings, which every transformer block cross-attends to (see uvit.UViT).
+    config.text_width = 0
     return config
 
 

@@ -17,7 +17,8 @@ def param_count(
     `num_classes` classes, through jax.eval_shape.
 
     Traced with XLA attention: the parameters do not depend on the attention kernel, and tracing
-    cuDNN attention needs a GPU.
+    cuDNN attention needs a GPU. A text-conditioned model is traced with a one-token text (its
+    parameters do not depend on the text length).
     """
     validate(config, resolution)
     config = ml_collections.ConfigDict(config)
@@ -27,7 +28,15 @@ def param_count(
     def init():
         z = jnp.zeros((1, resolution, resolution, channels), jnp.float32)
         ones = jnp.ones((1,), jnp.float32)
-        return model.init(jax.random.PRNGKey(0), z, ones, ones.astype(jnp.int32), train=False)
+        text = {}
+        if config.text_width:
+            text = dict(
+                text=jnp.zeros((1, 1, config.text_width), jnp.float32),
+                text_mask=jnp.ones((1, 1), bool),
+            )
+        return model.init(
+            jax.random.PRNGKey(0), z, ones, ones.astype(jnp.int32), train=False, **text
+        )
 
     shapes = jax.eval_shape(init)
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
@@ -49,23 +58,43 @@ def _transformer_block(tokens: int, width: int, embedding_width: int, mlp_ratio:
     return projections + scores_and_mixing + mlp + _dense(1, embedding_width, 4 * width)
 
 
-def flops_per_example(config: ml_collections.ConfigDict, resolution: int, *, channels: int) -> float:
-    """Forward FLOPs of one `channels`-channel example at `resolution` (a multiply-add is 2 FLOPs).
+def _cross_attention(tokens: int, width: int, text_length: int, text_width: int) -> float:
+    """q, kv and output projections and the two attention matmuls, over every text position
+    (padding included: it is computed, then masked)."""
+    projections = 2 * _dense(tokens, width, width) + _dense(text_length, text_width, 2 * width)
+    return projections + 2 * _dense(tokens, text_length, width)
+
+
+def flops_per_example(
+    config: ml_collections.ConfigDict, resolution: int, *, channels: int, text_length: int = 0
+) -> float:
+    """Forward FLOPs of one `channels`-channel example at `resolution` (a multiply-add is 2 FLOPs),
+    with texts of `text_length` tokens (padding included) for a text-conditioned model.
 
     Counts dense layers, convolutions and the two attention matmuls (QK^T, AV); leaves out
     normalisations, activations, softmax, pooling and other elementwise work.
     """
     validate(config, resolution)
+    if config.text_width and not (isinstance(text_length, int) and text_length >= 1):
+        raise ValueError(
+            f"text_length: must be an integer >= 1 for a text-conditioned model "
+            f"(text_width={config.text_width}), got {text_length!r}"
+        )
     width_e = config.embedding_width
 
     def block(kind: str, pixels: int, width: int) -> float:
         if kind == RESNET:
             return _resnet_block(pixels, width, width_e)
-        return _transformer_block(pixels, width, width_e, config.mlp_ratio)
+        flops = _transformer_block(pixels, width, width_e, config.mlp_ratio)
+        if config.text_width:
+            flops += _cross_attention(pixels, width, text_length, config.text_width)
+        return flops
 
     first_pixels = resolution**2
     widths = (*config.level_channels, config.middle_channels)
     total = _dense(1, config.fourier_features, width_e) + _dense(1, width_e, width_e)
+    if config.text_width:
+        total += _dense(1, config.text_width, width_e)  # the pooled text projection
     total += 2 * _dense(first_pixels, 9 * channels, widths[0])  # input and output convs
 
     for level, (kind, blocks) in enumerate(zip(config.level_kinds, config.level_blocks)):

@@ -1,4 +1,5 @@
-"""Building pieces of the UViT: conditioning embedding, position embedding, attention."""
+"""Building pieces of the UViT: conditioning embedding, position embedding, attention, and the
+preparation of a text encoder's token embeddings for text conditioning."""
 
 from typing import Any
 
@@ -50,12 +51,22 @@ class ConditioningEmbedding(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, logsnr: jax.Array, label: jax.Array) -> jax.Array:
+    def __call__(
+        self, logsnr: jax.Array, label: jax.Array, pooled_text: jax.Array | None = None
+    ) -> jax.Array:
+        """pooled_text (batch, text_width), from TextContext, adds a bias-free projection (so the
+        null prompt's zero pooled embedding adds nothing); None (no text conditioning) adds no
+        parameters, leaving the network exactly as without text."""
         features = logsnr_fourier_features(logsnr, self.fourier_features).astype(self.dtype)
         time = nn.Dense(self.width, dtype=self.dtype, name="time_in")(features)
         time = nn.Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(time))
         label_table = nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="label")
-        return nn.silu(time + label_table(label))
+        embedding = time + label_table(label)
+        if pooled_text is not None:
+            embedding = embedding + nn.Dense(
+                self.width, use_bias=False, dtype=self.dtype, name="text_pooled"
+            )(pooled_text)
+        return nn.silu(embedding)
 
 
 def choose_attention_implementation(requested: str, dtype: Any, head_dim: int) -> str:
@@ -101,3 +112,72 @@ class SelfAttention(nn.Module):
         return nn.Dense(channels, dtype=self.dtype, name="out")(
             attended.reshape(batch, length, channels)
         )
+
+
+class TextContext(nn.Module):
+    """Prepares a text encoder's token embeddings (batch, length, text_width) and padding mask
+    (batch, length), True for real tokens, for cross-attention and the pooled embedding.
+
+    The tokens are layer-normalised (encoders' outputs have large, uneven scales), then padding
+    tokens are zeroed so that nothing downstream can see their values. Returns
+    (tokens, attention_mask, has_text, pooled):
+    - attention_mask: the padding mask, except that a prompt with no real token (the null prompt)
+      keeps its first (zeroed) token so that no attention row is fully masked (which could give
+      NaN in a fused kernel); its cross-attention output is then dropped through has_text;
+    - has_text (batch,): whether the prompt has at least one real token;
+    - pooled (batch, text_width): masked mean of the tokens, 0 for the null prompt.
+    """
+
+    dtype: Any
+
+    @nn.compact
+    def __call__(
+        self, text: jax.Array, text_mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        tokens = nn.LayerNorm(dtype=self.dtype, name="norm")(text.astype(self.dtype))
+        tokens = jnp.where(text_mask[..., None], tokens, jnp.zeros((), self.dtype))
+        count = jnp.sum(text_mask, axis=1)
+        has_text = count > 0
+        first = jnp.arange(text_mask.shape[1]) == 0
+        attention_mask = text_mask | (~has_text[:, None] & first[None, :])
+        pooled = jnp.sum(tokens.astype(jnp.float32), axis=1) / jnp.maximum(count, 1)[:, None]
+        return tokens, attention_mask, has_text, pooled.astype(self.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from tokens (batch, length, channels) to a text context
+    (batch, text_length, text_width), see TextContext: masked keys get no attention weight, and
+    examples without text (has_text False, the null prompt) get exactly 0."""
+
+    head_dim: int
+    attention_impl: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, context: jax.Array, mask: jax.Array, has_text: jax.Array
+    ) -> jax.Array:
+        batch, length, channels = tokens.shape
+        heads = channels // self.head_dim
+        query = nn.Dense(channels, dtype=self.dtype, name="q")(tokens)
+        key_value = nn.Dense(2 * channels, dtype=self.dtype, name="kv")(context)
+        key, value = jnp.split(
+            key_value.reshape(batch, context.shape[1], 2 * heads, self.head_dim), 2, axis=2
+        )
+        implementation = choose_attention_implementation(
+            self.attention_impl, self.dtype, self.head_dim
+        )
+        mask = mask[:, None, None, :]  # (batch, heads, query, key), broadcast over heads, queries
+        if implementation == "cudnn":  # cuDNN turns the mask into a bias of full (query, key) size
+            mask = jnp.broadcast_to(mask, (batch, 1, length, context.shape[1]))
+        attended = jax.nn.dot_product_attention(
+            query.reshape(batch, length, heads, self.head_dim),
+            key,
+            value,
+            mask=mask,
+            implementation=implementation,
+        )
+        out = nn.Dense(channels, dtype=self.dtype, name="out")(
+            attended.reshape(batch, length, channels)
+        )
+        return jnp.where(has_text[:, None, None], out, jnp.zeros((), out.dtype))

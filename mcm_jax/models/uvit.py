@@ -1,5 +1,6 @@
 """UViT (simple diffusion, Hoogeboom et al. 2023): a U-Net whose low-resolution levels and middle
-stack are transformer blocks. It predicts v from (z, log-SNR, label)."""
+stack are transformer blocks. It predicts v from (z, log-SNR, label) and, for a text-conditioned
+model (text_width > 0), a text encoder's token embeddings and their padding mask."""
 
 import dataclasses
 import functools
@@ -12,7 +13,7 @@ import ml_collections
 
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
 from mcm_jax.models.configs import RESNET, TRANSFORMER
-from mcm_jax.models.layers import ConditioningEmbedding, sincos_position_embedding
+from mcm_jax.models.layers import ConditioningEmbedding, TextContext, sincos_position_embedding
 from mcm_jax.models.validation import DTYPES, validate_static
 
 
@@ -40,6 +41,16 @@ def _add_position_embedding(x: jax.Array) -> jax.Array:
     return x + position.astype(x.dtype)
 
 
+def _block_conditions(
+    kind: str, embedding: jax.Array, context: tuple[jax.Array, ...] | None
+) -> tuple:
+    """What a block takes after its input: the embedding, and the text context for a transformer
+    block of a text-conditioned model (ResNet blocks do not attend)."""
+    if kind == RESNET or context is None:
+        return (embedding,)
+    return (embedding, context)
+
+
 class UViT(nn.Module):
     """apply(variables, z, logsnr, label, train=...) -> v_hat, float32, same shape as z (NHWC).
 
@@ -47,6 +58,17 @@ class UViT(nn.Module):
     dense projection to the next width. Middle: transformer blocks. Up path: dense projection,
     nearest-neighbour upsampling, then per block: concatenate a skip, project back, block.
     Parameters are float32; compute runs in `dtype`; the output head is zero-initialised.
+
+    Text conditioning (text_width > 0; paper §5.2): apply(..., text=, text_mask=) with text
+    (batch, length, text_width), a text encoder's token embeddings, and text_mask (batch, length)
+    bool, True for real tokens and False for padding (anywhere, any length >= 1). Every
+    transformer block (transformer levels and middle) cross-attends to the tokens, and their
+    masked mean, projected, is added to the conditioning vector. Padding tokens change nothing.
+    The null prompt, for classifier-free guidance and prompt dropout, is an all-False text_mask
+    (the token values are then ignored; zeros will do): its pooled embedding is 0 and its
+    cross-attention adds exactly 0, so it is the unconditional model, as the null label is for
+    classes. A model may have text and class conditioning, either, or neither; with
+    text_width = 0 text and text_mask must be None and the network is exactly the one without text.
     """
 
     channels: int
@@ -66,6 +88,33 @@ class UViT(nn.Module):
     dtype: Any
     attention_impl: str
     remat: str
+    text_width: int = 0
+
+    def _check_text(
+        self, batch: int, text: jax.Array | None, text_mask: jax.Array | None
+    ) -> None:
+        """ValueError naming the argument unless text and text_mask fit the model's text_width."""
+        if self.text_width == 0:
+            for arg_name, value in (("text", text), ("text_mask", text_mask)):
+                if value is not None:
+                    raise ValueError(
+                        f"{arg_name}: must be None, this model has no text conditioning "
+                        "(text_width=0)"
+                    )
+            return
+        if text is None or text.ndim != 3 or text.shape[::2] != (batch, self.text_width):
+            shape = None if text is None else text.shape
+            raise ValueError(
+                f"text: expected (batch={batch}, length, text_width={self.text_width}), got {shape}"
+            )
+        if text.shape[1] < 1:
+            raise ValueError(f"text: needs at least one token (padding allowed), got {text.shape}")
+        if text_mask is None or text_mask.shape != text.shape[:2] or text_mask.dtype != jnp.bool_:
+            shape, dtype = (None, None) if text_mask is None else (text_mask.shape, text_mask.dtype)
+            raise ValueError(
+                f"text_mask: expected bool of shape {text.shape[:2]} (batch, length), "
+                f"got {dtype} {shape}"
+            )
 
     def _block(self, kind: str, width: int, dropout: float, train: bool, name: str) -> nn.Module:
         shared = dict(channels=width, dropout=dropout, deterministic=not train, dtype=self.dtype)
@@ -97,16 +146,28 @@ class UViT(nn.Module):
 
     @nn.compact
     def __call__(
-        self, z: jax.Array, logsnr: jax.Array, label: jax.Array, *, train: bool
+        self,
+        z: jax.Array,
+        logsnr: jax.Array,
+        label: jax.Array,
+        *,
+        train: bool,
+        text: jax.Array | None = None,
+        text_mask: jax.Array | None = None,
     ) -> jax.Array:
         self._check_inputs(z, logsnr, label)
+        self._check_text(z.shape[0], text, text_mask)
+        context, pooled_text = None, None
+        if self.text_width:
+            *context, pooled_text = TextContext(self.dtype, name="text")(text, text_mask)
+            context = tuple(context)
         embedding = ConditioningEmbedding(
             self.embedding_width,
             self.fourier_features,
             self.num_classes,
             self.dtype,
             name="conditioning",
-        )(logsnr, label)
+        )(logsnr, label, pooled_text)
         levels = list(
             zip(self.level_kinds, self.level_channels, self.level_blocks, self.level_dropout)
         )
@@ -122,7 +183,7 @@ class UViT(nn.Module):
                 h = _add_position_embedding(h)
             for index in range(blocks):
                 h = self._block(kind, width, dropout, train, f"down{level}_block{index}")(
-                    h, embedding
+                    h, *_block_conditions(kind, embedding, context)
                 )
                 skips.append(h)
 
@@ -131,7 +192,7 @@ class UViT(nn.Module):
         for index in range(self.middle_blocks):
             name = f"middle_block{index}"
             block = self._block(TRANSFORMER, self.middle_channels, self.middle_dropout, train, name)
-            h = block(h, embedding)
+            h = block(h, *_block_conditions(TRANSFORMER, embedding, context))
 
         for level, (kind, width, blocks, dropout) in reversed(list(enumerate(levels))):
             h = _upsample(nn.Dense(width, dtype=self.dtype, name=f"up{level}_proj")(h))
@@ -141,7 +202,7 @@ class UViT(nn.Module):
                 merged = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = nn.Dense(width, dtype=self.dtype, name=f"up{level}_skip{index}")(merged)
                 h = self._block(kind, width, dropout, train, f"up{level}_block{index}")(
-                    h, embedding
+                    h, *_block_conditions(kind, embedding, context)
                 )
 
         h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
