@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from mcm_jax import checkpointing, config_lib, data_config, losses, samplers, sharding, train_step
 from mcm_jax.eval import sampling
 from mcm_jax.models import build
+from mcm_jax.models import configs as model_configs
 from mcm_jax.schedules import Schedule
 
 Params = Any
@@ -134,12 +136,27 @@ def check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run wrote into `workdir`, with every field added to the code since then set
+    to its default (new fields default to what older code did, e.g. model.text_width = 0,
+    data.class_conditional = True), so runs of older versions stay teachers and eval targets."""
+    saved = checkpointing.read_config(workdir)
+    name = saved.get("model", {}).get("name")
+    defaults = config_lib.base_config()
+    if name in model_configs.NAMES:
+        defaults = config_lib.with_model(defaults, name)
+    flat = traverse_util.flatten_dict(saved.to_dict(), sep=".")
+    for key, value in traverse_util.flatten_dict(defaults.to_dict(), sep=".").items():
+        flat.setdefault(key, value)
+    return ml_collections.ConfigDict(traverse_util.unflatten_dict(flat, sep="."))
+
+
 def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Reads the teacher's config and fails, naming the field, if it is not a diffusion run or
     its network differs."""
     workdir = config.teacher.workdir
     try:
-        teacher_config = checkpointing.read_config(workdir)
+        teacher_config = saved_config(workdir)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"config.teacher.workdir: {e}") from None
     if teacher_config.get("objective") != "diffusion":
@@ -180,7 +197,7 @@ def _data_io(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Fails, naming the field, if `config` describes another network or method than the run."""
-    run = checkpointing.read_config(workdir)
+    run = saved_config(workdir)
     fields = [f"model.{k}" for k in config.model if k not in ARCHITECTURE_EXEMPT]
     fields += [f"schedule.{k}" for k in config.schedule]
     fields += ["objective", "data.resolution", "ema_decays"]
@@ -215,7 +232,7 @@ def load_teacher(config: ml_collections.ConfigDict, abstract_teacher_params: Par
     """The teacher's EMA parameters (config.teacher), restored into `abstract_teacher_params`'s
     shapes and shardings."""
     t = config.teacher
-    teacher_config = checkpointing.read_config(t.workdir)
+    teacher_config = saved_config(t.workdir)
     ckpt = checkpointing.Checkpointer(t.workdir, read_only=True)
     try:
         step = checkpointing.resolve_step(ckpt, t.step, t.workdir)
