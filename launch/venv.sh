@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ] || ! cmp -s setup.py .venv/installed-setup.py; then
          .venv/bin/python -m pip install -q -e ".[test]"; } > .venv/install.log 2>&1; then
     tail -n 30 .venv/install.log >&2
     echo "error: installing into .venv failed; the whole log is .venv/install.log" >&2
-    return 1 2>/dev/null || exit 1
+    return 1
   fi
   cp setup.py .venv/installed-setup.py
 fi

@@ -288,6 +288,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps: must be >= 0, got {o.warmup_steps}")
     _require(o.decay in LR_DECAYS, f"config.optimizer.decay: {o.decay!r} is not one of {LR_DECAYS}")
     _require(
+        o.decay != "cosine" or o.warmup_steps < config.training.num_steps,
+        f"config.optimizer.warmup_steps: {o.warmup_steps} leaves no steps of the cosine decay "
+        f"(training.num_steps {config.training.num_steps}); warm up for fewer steps",
+    )
+    _require(
         o.grad_clip_norm >= 0, f"config.optimizer.grad_clip_norm: must be >= 0, got {o.grad_clip_norm}"
     )
 

@@ -28,6 +28,11 @@ def _ema_decay(num_steps: int) -> float:
     return 0.05 ** (1.0 / num_steps)
 
 
+def _warmup(config: ml_collections.ConfigDict, num_steps: int) -> int:
+    """The config's warm-up, at most a fifth of a short run."""
+    return min(config.optimizer.warmup_steps, max(num_steps // 5, 1))
+
+
 def _common(config: ml_collections.ConfigDict, workdir: str, samples: int, seed: int):
     config.data.data_dir = str(epath.Path(workdir) / "tensorflow_datasets")
     config.seed = seed
@@ -58,6 +63,7 @@ def teacher_config(
     """The digits diffusion teacher trained for `steps`, evaluated over a sampler sweep."""
     config = _common(presets.digits_diffusion(f"model={model}"), workdir, samples, seed)
     config.training.update(num_steps=steps, checkpoint_every=steps, log_every=50)
+    config.optimizer.warmup_steps = _warmup(config, steps)
     config.ema_decays = (_ema_decay(steps),)
     config.eval.sweep_steps = tuple(sweep_steps)
     config.eval.sweep_methods = tuple(sweep_methods)
@@ -69,13 +75,12 @@ def student_config(
     samples: int, seed: int = 0, overrides: dict[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
     """A CD or CT student of `sampling_steps` (S) trained for `steps` from the teacher in
-    `teacher_dir` (teacher steps annealed over the whole run unless overridden; warm-up at most
-    a fifth of the run)."""
+    `teacher_dir` (teacher steps annealed over the whole run unless overridden)."""
     config = presets.digits_mcm(f"steps={sampling_steps},method={method},model={model}")
     config = _common(config, workdir, samples, seed)
     config.teacher.workdir = teacher_dir
     config.mcm.anneal_iterations = steps
-    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, max(steps // 5, 1))
+    config.optimizer.warmup_steps = _warmup(config, steps)
     config.training.update(num_steps=steps, checkpoint_every=steps, log_every=10)
     config.ema_decays = (_ema_decay(steps),)
     return _override(config, overrides or {})

@@ -334,3 +334,13 @@ def test_config_files_are_files_that_import_only_mcm_jax():
                 assert node.module.split(".")[0] == "mcm_jax", (name, node.module)
             elif isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] == "mcm_jax" for a in node.names), name
+
+
+def test_cosine_decay_needs_steps_after_the_warm_up():
+    from mcm_jax import config_lib, presets
+
+    config = presets.digits_diffusion("model=tiny")
+    config.optimizer.decay = "cosine"
+    config.training.num_steps = config.optimizer.warmup_steps
+    with pytest.raises(ValueError, match=r"config.optimizer.warmup_steps: 100 leaves no steps"):
+        config_lib.validate(config, num_devices=1)
