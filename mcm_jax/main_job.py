@@ -27,8 +27,6 @@ from mcm_jax import digits_runs, paths, progress, results_picture, results_table
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
 TEACHER_SWEEP = (1, 2, 4, 8, 16, 64)
-PICTURE_TEACHER = ("addim", 64)
-PICTURE_IMAGES = 20  # two of each digit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,27 +65,14 @@ def runs(workdir: str, budget: Budget) -> list[digits_runs.Run]:
     return result
 
 
-def write_picture(workdir: str, budget: Budget) -> str | None:
-    """results.png: the teacher at 64 aDDIM steps (if swept) and each CD student, one row each,
-    from the same noise and labels; returns its path (None if there is nothing to show)."""
-    root = epath.Path(workdir)
-    rows = []
-    method, steps = PICTURE_TEACHER
-    if steps in budget.teacher_sweep:
-        images, _ = results_picture.load_samples(
-            root / "teacher", f"{method}_{steps}steps", PICTURE_IMAGES
-        )
-        rows.append((f"teacher, {'aDDIM' if method == 'addim' else 'DDIM'} {steps}", images))
-    for kind, s in budget.students:
-        if kind == "cd":
-            images, _ = results_picture.load_samples(
-                root / f"cd_s{s}", f"ddim_{s}steps", PICTURE_IMAGES
-            )
-            rows.append((f"CD, {s} step{'s' * (s > 1)}", images))
-    if not rows:
-        return None
-    path = root / "results.png"
-    results_picture.write_picture(path, rows)
+def write_picture(workdir: str, budget: Budget) -> str:
+    """results.png: the teacher at 64 aDDIM steps and each CD student, one row each, from the
+    same noise and labels; returns its path."""
+    path = epath.Path(workdir) / "results.png"
+    results_picture.write_teacher_and_students(
+        path, workdir, budget.teacher_sweep,
+        {s: f"cd_s{s}" for kind, s in budget.students if kind == "cd"},
+    )
     return str(path)
 
 

@@ -191,18 +191,10 @@ def plot_fd_against_steps(path: epath.Path, summary: dict, scale: Scale) -> None
 
 def write_samples_picture(path: epath.Path, workdir: str, scale: Scale) -> None:
     """The teacher at 64 aDDIM steps and the seed-0 CD students, from the same noise and labels."""
-    root = epath.Path(workdir)
-    count = main_job.PICTURE_IMAGES
-    rows = []
-    if 64 in scale.teacher_sweep:
-        rows.append(("teacher, aDDIM 64",
-                     results_picture.load_samples(root / "teacher", "addim_64steps", count)[0]))
-    for s in scale.student_sampling_steps:
-        images, _ = results_picture.load_samples(
-            root / table1_name("cd", s, 0), f"ddim_{s}steps", count
-        )
-        rows.append((f"CD, {s} step{'s' * (s > 1)}", images))
-    results_picture.write_picture(path, rows)
+    results_picture.write_teacher_and_students(
+        path, workdir, scale.teacher_sweep,
+        {s: table1_name("cd", s, 0) for s in scale.student_sampling_steps},
+    )
 
 
 AGREES, DISAGREES, INCONCLUSIVE = "**Agrees.**", "**Does not agree.**", "**Inconclusive.**"

@@ -35,6 +35,28 @@ def load_samples(run_dir: str | epath.Path, setting: str, count: int) -> tuple[n
     return samples[:count], labels[:count]
 
 
+TEACHER_SETTING = ("addim", 64)  # the teacher's row: its best sampler in the paper's Fig. 2
+IMAGES_PER_ROW = 20  # two of each digit
+
+
+def write_teacher_and_students(
+    path: str | epath.Path, root: str | epath.Path, teacher_sweep: tuple[int, ...],
+    students: dict[int, str],
+) -> None:
+    """The picture of a job: the teacher (run `teacher` under `root`) at 64 aDDIM steps, if its
+    sweep has them, then one row per student (S -> its run's directory name under `root`)."""
+    root = epath.Path(root)
+    method, steps = TEACHER_SETTING
+    rows = []
+    if steps in teacher_sweep:
+        images, _ = load_samples(root / "teacher", f"{method}_{steps}steps", IMAGES_PER_ROW)
+        rows.append((f"teacher, aDDIM {steps}", images))
+    for s, run in students.items():
+        images, _ = load_samples(root / run, f"ddim_{s}steps", IMAGES_PER_ROW)
+        rows.append((f"CD, {s} step{'s' * (s > 1)}", images))
+    write_picture(path, rows)
+
+
 def write_picture(
     path: str | epath.Path, rows: Sequence[tuple[str, np.ndarray]], *, scale: int = 3
 ) -> None:

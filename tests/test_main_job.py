@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from mcm_jax import main_job
+from mcm_jax import main_job, results_picture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def test_main_job_trains_distils_evaluates_tabulates_and_draws(tmp_path):
 def test_quick_is_a_path_check_of_every_stage_kind():
     quick = main_job.QUICK
     assert quick.model == "tiny" and {m for m, _ in quick.students} == {"cd", "ct"}
-    assert main_job.PICTURE_TEACHER[1] in quick.teacher_sweep
+    assert results_picture.TEACHER_SETTING[1] in quick.teacher_sweep
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from mcm_jax import files, images, losses, samplers, sharding
 from mcm_jax.eval import report
-from mcm_jax.progress import ProgressFn
+from mcm_jax.progress import ProgressFn, duration
 from mcm_jax.schedules import Schedule
 
 CHUNK_PATTERN = "chunk_{:06d}.npz"
@@ -173,17 +173,11 @@ def generate_samples(
         logging.info(
             "%s: chunk %d/%d, %d/%d images, %.1f images/s, ETA %s",
             directory.name, len(done) + count, total, min(num_samples, (k + 1) * batch_size),
-            num_samples, count * batch_size / elapsed, _duration(elapsed / count * remaining),
+            num_samples, count * batch_size / elapsed, duration(elapsed / count * remaining),
         )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"chunks_written:{directory}")
     return len(done) + len(todo) == total
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def iterate_chunks(
