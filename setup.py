@@ -29,6 +29,13 @@ INSTALL_REQUIRES = [
     "clu>=0.0.12",
     "pillow>=10",
     "matplotlib>=3.8",
+    # Text encoder and CLIP: keras-hub (launch/no-deps-requirements.txt) on Keras's JAX backend,
+    # with the packages it imports; prompts are tokenized with sentencepiece (T5) and tokenizers
+    # (CLIP) directly.
+    "keras>=3.15",
+    "regex",
+    "sentencepiece>=0.2",
+    "tokenizers>=0.20",
 ]
 
 TEST_REQUIRES = [

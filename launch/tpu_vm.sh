@@ -165,12 +165,15 @@ on_workers() {
 # --- Code that runs on the workers (shipped with `declare -f`). ---
 
 # Installs ~/mcm_jax with its tpu extra (jax[tpu]: jaxlib and libtpu at the jax version the
-# package resolves to) into ~/mcm_jax/.venv, with a uv-managed Python.
+# package resolves to), then launch/no-deps-requirements.txt without their declared dependencies,
+# into ~/mcm_jax/.venv, with a uv-managed Python.
 worker_install() {
   local python_version="$1" venv="$HOME/mcm_jax/.venv"
   python3 -m pip install --user --quiet --upgrade uv
   "$HOME/.local/bin/uv" venv --python "$python_version" "$venv"
   "$HOME/.local/bin/uv" pip install --python "$venv/bin/python" -e "$HOME/mcm_jax[tpu]"
+  "$HOME/.local/bin/uv" pip install --python "$venv/bin/python" --no-deps \
+    -r "$HOME/mcm_jax/launch/no-deps-requirements.txt"
 }
 
 # Ends whatever still holds the TPU (a previous run, a stuck process): SIGTERM, which lets a run

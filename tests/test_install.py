@@ -87,20 +87,28 @@ def _repo_with_fake_python(tmp_path, fake_python: str):
     (repo / "launch").mkdir(parents=True)
     (repo / "launch" / "venv.sh").write_text(open(os.path.join(ROOT, "launch", "venv.sh")).read())
     (repo / "setup.py").write_text("# version 1\n")
+    (repo / "launch" / "no-deps-requirements.txt").write_text("keras-hub==1\n")
     python = tmp_path / "python3"
     python.write_text(fake_python)
     python.chmod(0o755)
     return repo, {"PATH": "/usr/bin:/bin", "PYTHON": str(python), "LOG": str(repo / "calls.log")}
 
 
-def test_venv_installs_once_then_only_when_setup_py_changes(tmp_path):
+def test_venv_installs_once_then_only_when_setup_py_or_the_no_deps_pins_change(tmp_path):
     repo, env = _repo_with_fake_python(tmp_path, FAKE_PYTHON)
 
-    install = ["-m pip install -q --upgrade pip", "-m pip install -q -e .[test]"]
+    install = [
+        "-m pip install -q --upgrade pip",
+        "-m pip install -q -e .[test]",
+        "-m pip install -q --no-deps -r launch/no-deps-requirements.txt",
+    ]
     assert _source_venv(repo, env) == install  # no .venv: create and install
     assert _source_venv(repo, env) == []  # rerun: nothing, so no network
     (repo / "setup.py").write_text("# version 2\n")
     assert _source_venv(repo, env) == install  # setup.py changed: reinstall into the same .venv
+    assert _source_venv(repo, env) == []
+    (repo / "launch" / "no-deps-requirements.txt").write_text("keras-hub==2\n")
+    assert _source_venv(repo, env) == install  # the no-deps pins changed: reinstall
     assert _source_venv(repo, env) == []
 
 
@@ -112,4 +120,4 @@ def test_a_failed_install_shows_the_end_of_pip_s_log_and_fails(tmp_path):
     assert result.returncode == 1 and "after" not in result.stdout
     assert "no matching distribution" in result.stderr
     assert "error: installing into .venv failed" in result.stderr
-    assert not (repo / ".venv" / "installed-setup.py").exists()  # the next run tries again
+    assert not (repo / ".venv" / "installed-stamp").exists()  # the next run tries again
