@@ -24,7 +24,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mcm_jax import checkpointing, data_config, diffusion, files, paths, samplers, sharding
+from mcm_jax import (
+    checkpointing, conditioning, data_config, diffusion, files, paths, samplers, sharding,
+)
 from mcm_jax.eval import config as eval_config
 from mcm_jax.run_setup import RunSetup
 
@@ -79,13 +81,16 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def make_error_sums(setup: RunSetup, times: np.ndarray):
-    """jitted (params, image, label, mask, rng) -> (sums, count): per t, the sum over the real
-    examples (mask) of ‖x − x̂(z_t)‖²/d, one t at a time (lax.map); batch split over the mesh."""
+    """jitted (params, image, cond, mask, rng) -> (sums, count): per t, the sum over the real
+    examples (mask) of ‖x − x̂(z_t)‖²/d, one t at a time (lax.map); batch split over the mesh.
+    cond is the batch's condition (`conditioning.from_batch`): label, and prompt for text data."""
     schedule, model_fn = setup.schedule, setup.model_fn
     num_classes = data_config.num_classes(setup.config.data)
 
-    def error_sums(params, image, label, mask, rng):
-        label = label if num_classes else jnp.zeros_like(label)  # unconditional: the null label
+    def error_sums(params, image, cond, mask, rng):
+        if not num_classes:  # unconditional in the classes: the null label
+            label, text = conditioning.model_kwargs(cond)
+            cond = conditioning.from_batch({"label": jnp.zeros_like(label), **text})
 
         def at_time(index_and_t):
             index, t = index_and_t
@@ -94,7 +99,7 @@ def make_error_sums(setup: RunSetup, times: np.ndarray):
             noise = jax.random.normal(jax.random.fold_in(rng, index), image.shape)
             expand = lambda a: diffusion.expand_to(a, image)
             z_t = expand(alpha) * image + expand(sigma) * noise
-            x_hat = model_fn(params, z_t, t, label, False, None)
+            x_hat = model_fn(params, z_t, t, cond, False, None)
             return jnp.sum(jnp.where(mask, diffusion.per_example_mean((image - x_hat) ** 2), 0.0))
 
         sums = jax.lax.map(at_time, (jnp.arange(len(times)), jnp.asarray(times, jnp.float32)))
@@ -126,7 +131,7 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str, output: str | Non
         batch = sharding.host_local_to_global(batch, setup.mesh)
         rng = jax.random.fold_in(jax.random.PRNGKey(e.seed), index)
         batch_sums, batch_count = error_sums(
-            params, batch["image"], batch["label"], batch["mask"], rng
+            params, batch["image"], conditioning.from_batch(batch), batch["mask"], rng
         )
         sums += np.asarray(batch_sums)
         count += int(batch_count)

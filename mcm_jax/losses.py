@@ -1,7 +1,8 @@
 """Training objectives: the diffusion v-loss and the multistep consistency loss (docs/method.md).
 
 Losses are pure functions of parameters and a batch. The network enters as a `ModelFn`
-(params, z, t, label, train, dropout_rng) -> x̂, so the trainer can jit them with any sharding and
+(params, z, t, cond, train, dropout_rng) -> x̂ (cond: a `conditioning.Condition`, the label and,
+for text models, the prompt), so the trainer can jit them with any sharding and
 pass teacher parameters as arguments; `make_model_fn` builds one from a Flax apply function.
 """
 
@@ -15,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcm_jax import diffusion
+from mcm_jax import conditioning, diffusion
 from mcm_jax.schedules import Schedule
 
 Array = jax.Array
@@ -28,15 +29,19 @@ DISTANCES = ("mse", "pseudo_huber")
 
 
 def make_model_fn(apply_fn: Callable[..., Array], schedule: Schedule) -> ModelFn:
-    """Wraps a v-predicting network `apply_fn(variables, z, logsnr, label, train=, rngs=)`.
+    """Wraps a v-predicting network `apply_fn(variables, z, logsnr, label, train=, rngs=)`, which
+    also takes `text=` and `text_mask=` when conditions carry a prompt.
 
     The network sees the log-SNR of t; the wrapper returns x̂ = α_t z − σ_t v̂ in float32.
     """
 
-    def model_fn(params, z, t, label, train, dropout_rng):
+    def model_fn(params, z, t, cond, train, dropout_rng):
         alpha, sigma = schedule.alpha_sigma(t)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        v_hat = apply_fn({"params": params}, z, schedule.logsnr(t), label, train=train, rngs=rngs)
+        label, text = conditioning.model_kwargs(cond)
+        v_hat = apply_fn(
+            {"params": params}, z, schedule.logsnr(t), label, train=train, rngs=rngs, **text
+        )
         return diffusion.x_from_v(v_hat.astype(jnp.float32), z, alpha, sigma)
 
     return model_fn
@@ -187,15 +192,6 @@ def check_multiscale_pools(pools: int) -> None:
         raise ValueError(f"multiscale_pools must be an integer >= 0, got {pools!r}")
 
 
-def drop_labels(rng: Array, label: Array, rate: float, null_label: int) -> Array:
-    """Replaces each label by the null label with probability `rate` (classifier-free guidance)."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"label dropout rate must be in [0, 1), got {rate}")
-    if rate == 0.0:
-        return label
-    return jnp.where(jax.random.bernoulli(rng, rate, label.shape), null_label, label)
-
-
 @dataclasses.dataclass(frozen=True)
 class DiffusionLossConfig:
     """The teacher's objective: `distance` of `weighting`-space errors at t ~ U(0, 1), over
@@ -266,7 +262,7 @@ def diffusion_loss_at(
     params: Params,
     model_fn: ModelFn,
     x: Array,
-    label: Array,
+    cond: conditioning.Condition,
     eps: Array,
     t: Array,
     dropout_rng: Array | None,
@@ -276,7 +272,7 @@ def diffusion_loss_at(
 ) -> Array:
     """Per-example diffusion loss at given times and noise."""
     z_t = noisy(x, eps, t, schedule)
-    x_hat = model_fn(params, z_t, t, label, True, dropout_rng)
+    x_hat = model_fn(params, z_t, t, cond, True, dropout_rng)
     _, sigma_t = schedule.alpha_sigma(t)
     return weighted_loss(
         x_hat,
@@ -298,14 +294,17 @@ def diffusion_loss(
     schedule: Schedule,
     config: DiffusionLossConfig,
 ) -> tuple[Array, dict[str, Array]]:
-    """The teacher's loss on a batch {image, label}: (mean loss, metrics)."""
+    """The teacher's loss on a batch {image, label[, text, text_mask]}: (mean loss, metrics).
+    Conditions (label and prompt together) are dropped at config.label_dropout for guidance."""
     x = batch["image"].astype(jnp.float32)
     rng_t, rng_eps, rng_label, rng_dropout = jax.random.split(rng, 4)
     t = jax.random.uniform(rng_t, (x.shape[0],), jnp.float32)
     eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
-    label = drop_labels(rng_label, batch["label"], config.label_dropout, config.null_label)
+    cond = conditioning.drop(
+        rng_label, conditioning.from_batch(batch), config.label_dropout, config.null_label
+    )
     per_example = diffusion_loss_at(
-        params, model_fn, x, label, eps, t, rng_dropout, schedule=schedule, config=config
+        params, model_fn, x, cond, eps, t, rng_dropout, schedule=schedule, config=config
     )
     loss = jnp.mean(per_example)
     return loss, {"loss": loss}
@@ -320,21 +319,25 @@ class Teacher:
 
 
 def teacher_denoise(
-    teacher: Teacher, z_t: Array, t: Array, label: Array, config: ConsistencyLossConfig
+    teacher: Teacher,
+    z_t: Array,
+    t: Array,
+    cond: conditioning.Condition,
+    config: ConsistencyLossConfig,
 ) -> tuple[Array, Array]:
     """(x_teacher, x_cond): the (guided) teacher prediction and its conditional part.
 
-    With guidance weight w, x_teacher = x_cond + w (x_cond − x_uncond); both halves run as one
-    batch of twice the size.
+    With guidance weight w, x_teacher = x_cond + w (x_cond − x_uncond), x_uncond under the null
+    condition (null label, empty prompt); both halves run as one batch of twice the size.
     """
     if config.guidance_weight == 0.0:
-        x_cond = teacher.model_fn(teacher.params, z_t, t, label, False, None)
+        x_cond = teacher.model_fn(teacher.params, z_t, t, cond, False, None)
         return x_cond, x_cond
     both = teacher.model_fn(
         teacher.params,
         jnp.concatenate([z_t, z_t]),
         jnp.concatenate([t, t]),
-        jnp.concatenate([label, jnp.full_like(label, config.null_label)]),
+        conditioning.with_null(cond, config.null_label),
         False,
         None,
     )
@@ -346,7 +349,7 @@ def consistency_loss_at(
     params: Params,
     model_fn: ModelFn,
     x: Array,
-    label: Array,
+    cond: conditioning.Condition,
     eps: Array,
     times: tuple[Array, Array, Array],
     dropout_rng: Array | None,
@@ -355,7 +358,8 @@ def consistency_loss_at(
     config: ConsistencyLossConfig,
     teacher: Teacher | None = None,
 ) -> Array:
-    """Per-example multistep consistency loss at given (t_step, t, s) and noise (Algorithm 1)."""
+    """Per-example multistep consistency loss at given (t_step, t, s) and noise (Algorithm 1).
+    Under guidance, x_var comes from the teacher's conditional output, not the guided one."""
     t_step, t, s = times
     alpha_t, sigma_t = schedule.alpha_sigma(t)
     alpha_s, sigma_s = schedule.alpha_sigma(s)
@@ -366,13 +370,13 @@ def consistency_loss_at(
     else:
         if teacher is None:
             raise ValueError("method 'cd' needs a teacher (teacher model function and parameters)")
-        x_teacher, x_cond = teacher_denoise(teacher, z_t, t, label, config)
+        x_teacher, x_cond = teacher_denoise(teacher, z_t, t, cond, config)
         x_var = diffusion.distillation_x_var(x_cond, x, config.xvar_frac)
     z_s = diffusion.addim_step(x_teacher, z_t, alpha_t, sigma_t, alpha_s, sigma_s, x_var)
 
-    x_hat = model_fn(params, z_t, t, label, True, dropout_rng)
+    x_hat = model_fn(params, z_t, t, cond, True, dropout_rng)
     # The reference uses the student's own current parameters and the same dropout mask.
-    x_hat_ref = jax.lax.stop_gradient(model_fn(params, z_s, s, label, True, dropout_rng))
+    x_hat_ref = jax.lax.stop_gradient(model_fn(params, z_s, s, cond, True, dropout_rng))
     x_target = consistency_target(x_hat_ref, z_s, z_t, t, s, t_step, schedule)
     return weighted_loss(
         x_hat,
@@ -396,7 +400,8 @@ def consistency_loss(
     config: ConsistencyLossConfig,
     teacher: Teacher | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """The MCM loss (CT or CD) on a batch {image, label} at a train iteration: (loss, metrics)."""
+    """The MCM loss (CT or CD) on a batch {image, label[, text, text_mask]} at a train iteration:
+    (loss, metrics)."""
     x = batch["image"].astype(jnp.float32)
     rng_times, rng_eps, rng_dropout = jax.random.split(rng, 3)
     n_teacher = teacher_steps_at(
@@ -408,7 +413,7 @@ def consistency_loss(
         params,
         model_fn,
         x,
-        batch["label"],
+        conditioning.from_batch(batch),
         eps,
         times,
         rng_dropout,

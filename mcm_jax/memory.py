@@ -92,10 +92,7 @@ def residual_bytes(config: ml_collections.ConfigDict, batch_size: int) -> int:
     loss_fn = train_step.make_loss_fn(config, model_fn, model_fn)
     params = jax.eval_shape(lambda rng: run_setup.init_params(model, config, rng), jax.random.PRNGKey(0))
     teacher = params if config.objective == "mcm" else None
-    batch = {
-        "image": jax.ShapeDtypeStruct((batch_size, *data_config.image_shape(config.data)), jnp.float32),
-        "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-    }
+    batch = run_setup.batch_spec(config, batch_size)
 
     def backward_closure(params, batch, teacher):
         loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(0), jnp.int32(0), teacher)[0]

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from mcm_jax import config_lib
+from mcm_jax import config_lib, data_config
 
 SIZES = ("small", "large")
 METHODS = ("cd", "ct")
 # Classifier-free guidance of the small ImageNet128 teacher's eval and of its CD student: ours,
 # the paper gives none (why it is small: configs/imagenet128_diffusion.py).
 IMAGENET128_GUIDANCE_WEIGHT = 0.2
+# Text-to-image (paper §5.2, appendix A.1): two CD students distil the teacher guided at these.
+T2I_GUIDANCE_WEIGHTS = (0.5, 3.0)
 
 
 def choice(args: dict, key: str, allowed: tuple[str, ...]) -> str:
@@ -153,4 +155,53 @@ def imagenet_mcm(resolution: int, arg: str = "") -> ml_collections.ConfigDict:
         if config.model.name == "imagenet128_small" and config.mcm.method == "cd":
             config.mcm.guidance_weight = IMAGENET128_GUIDANCE_WEIGHT
         config.mcm.multiscale_pools = 1
+    return config
+
+
+def t2i_diffusion(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/t2i_512_diffusion.py; no argument. The paper's 512 px text-to-image teacher
+    (appendix A.1, Table 6) on caption data embedded by T5 v1.1 XXL (4096 wide, 128 tokens)."""
+    config_lib.parse_arg(arg)
+    config = config_lib.with_model(config_lib.base_config(), "t2i512")
+    config.objective = "diffusion"
+    config.data = data_config.default_data_config("captions")
+    config.data.update(resolution=512, text_length=128, text_width=4096)
+    config.schedule.update(
+        name="interpolated_cosine", noise_resolution_low=32, noise_resolution_high=512
+    )
+    # Simple diffusion's multiscale loss from 512 down to 32 px, the schedule's low end.
+    config.diffusion.update(weighting="v", distance="mse", label_dropout=0.1, multiscale_pools=4)
+    config.optimizer.update(
+        learning_rate=1e-4, warmup_steps=1000, decay="constant", b1=0.9, b2=0.99,
+        weight_decay=0.0, grad_clip_norm=1.0,
+    )
+    config.ema_decays = (0.9999,)
+    config.mesh.fsdp = 8
+    config.training.update(
+        batch_size=2048, num_steps=500_000, checkpoint_every=2000, keep_period=50_000,
+        sample_every=10_000, sample_images=16,
+    )
+    config.eval.update(
+        num_samples=30_000, batch_size=256, sweep_steps=(256,), sweep_methods=("ddim",),
+        guidance_weight=T2I_GUIDANCE_WEIGHTS[1],
+    )
+    return config
+
+
+def t2i_mcm(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/t2i_512_mcm.py; arg: `steps=S,guidance=W` (defaults 8 and 3.0). The paper's CD
+    students: 256 teacher steps without annealing, x_var from the conditional output
+    (losses.consistency_loss_at), pseudo-Huber c = 1, 30k steps at batch 2048."""
+    args = config_lib.parse_arg(arg, steps=8, guidance=T2I_GUIDANCE_WEIGHTS[1])
+    if args["steps"] < 1:
+        raise ValueError(f"config argument steps={args['steps']}: expected an integer >= 1")
+    if args["guidance"] < 0:
+        raise ValueError(f"config argument guidance={args['guidance']}: expected a weight >= 0")
+    config = make_student(t2i_diffusion(), args["steps"], "cd")
+    config.mcm.update(
+        teacher_steps_start=256, teacher_steps_end=256, xvar_frac=0.75, huber_c=1.0,
+        guidance_weight=float(args["guidance"]), multiscale_pools=config.diffusion.multiscale_pools,
+    )
+    config.training.num_steps = 30_000
+    config.eval.update(sweep_steps=(), sweep_methods=(), guidance_weight=0.0)
     return config

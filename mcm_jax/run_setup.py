@@ -18,7 +18,9 @@ from etils import epath
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from mcm_jax import checkpointing, config_lib, data_config, losses, samplers, sharding, train_step
+from mcm_jax import (
+    checkpointing, conditioning, config_lib, data_config, losses, samplers, sharding, train_step,
+)
 from mcm_jax.eval import sampling
 from mcm_jax.models import build
 from mcm_jax.models import configs as model_configs
@@ -41,19 +43,37 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The network of `config.model` for the data of `config.data` (its channels and classes)."""
+    """The network of `config.model` for the data of `config.data` (its channels, classes and,
+    for caption data, the text encoder's width)."""
     _, _, channels = data_config.image_shape(config.data)
-    return build(config.model, channels=channels, num_classes=data_config.num_classes(config.data))
+    _, text_width = data_config.text_shape(config.data) or (0, 0)
+    return build(
+        config.model, channels=channels, num_classes=data_config.num_classes(config.data),
+        text_width=text_width,
+    )
 
 
-def model_inputs(config: ml_collections.ConfigDict, batch_size: int):
-    """Dummy (z, logsnr, label) of the model's input shapes, for init and eval_shape."""
-    z = jnp.zeros((batch_size, *data_config.image_shape(config.data)), jnp.float32)
-    return z, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
+def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a training batch of the config's data (input_pipeline's layout):
+    image and label, and for caption data the prompts' text (float16) and text_mask."""
+    spec = {
+        "image": jax.ShapeDtypeStruct((batch_size, *data_config.image_shape(config.data)), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
+    text = data_config.text_shape(config.data)
+    if text is not None:
+        spec["text"] = jax.ShapeDtypeStruct((batch_size, *text), jnp.float16)
+        spec["text_mask"] = jax.ShapeDtypeStruct((batch_size, text[0]), jnp.bool_)
+    return spec
 
 
 def init_params(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> Params:
-    return model.init({"params": rng}, *model_inputs(config, 1), train=False)["params"]
+    """The model's initial parameters; inputs of batch 1 from `batch_spec` (a prompt of all real
+    tokens for text models)."""
+    batch = {k: jnp.ones(s.shape, s.dtype) for k, s in batch_spec(config, 1).items()}
+    label, text = conditioning.model_kwargs(conditioning.from_batch(batch))
+    logsnr = jnp.zeros((1,), jnp.float32)
+    return model.init({"params": rng}, batch["image"], logsnr, label, train=False, **text)["params"]
 
 
 def abstract_params(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh) -> Params:
@@ -138,7 +158,7 @@ def check_teacher_workdir(config: ml_collections.ConfigDict) -> None:
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run wrote into `workdir`, with every field added to the code since then set
-    to its default (new fields default to what older code did, e.g. model.text_width = 0,
+    to its default (new fields default to what older code did, e.g.
     data.class_conditional = True), so runs of older versions stay teachers and eval targets."""
     saved = checkpointing.read_config(workdir)
     name = saved.get("model", {}).get("name")
@@ -182,17 +202,23 @@ def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.C
     ours, theirs = _data_io(config), _data_io(teacher_config)
     if ours != theirs:
         raise ValueError(
-            f"config.data.name: the student's data ({config.data.name!r}) has {ours[0]} channels "
-            f"and {ours[1]} classes, the teacher's in {config.teacher.workdir} "
-            f"({teacher_config.data.name!r}) {theirs[0]} and {theirs[1]}; students start from the "
-            "teacher's weights, so the networks must match"
+            f"config.data.name: the student's data ({config.data.name!r}) has (channels, classes, "
+            f"text width) {ours}, the teacher's in {config.teacher.workdir} "
+            f"({teacher_config.data.name!r}) {theirs}; students start from the teacher's "
+            "weights, so the networks must match"
         )
     return teacher_config
 
 
-def _data_io(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(channels, classes) of the config's data: the network's input and label table."""
-    return data_config.dataset_spec(config.data.name).channels, data_config.num_classes(config.data)
+def _data_io(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(channels, classes, text width) of the config's data: the network's input, label table and
+    text projections."""
+    _, text_width = data_config.text_shape(config.data) or (0, 0)
+    return (
+        data_config.dataset_spec(config.data.name).channels,
+        data_config.num_classes(config.data),
+        text_width,
+    )
 
 
 def check_run_matches(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcm_jax import diffusion
+from mcm_jax import conditioning, diffusion
 from mcm_jax.schedules import Schedule
 
 Array = jax.Array
@@ -56,19 +56,23 @@ def table_x_var_fn(times: np.ndarray, x_vars: np.ndarray) -> XVarFn:
 
 
 def classifier_free_guidance(
-    model_fn: Callable[[Array, Array, Array], Array], label: Array, null_label: int, weight: float
+    model_fn: Callable[[Array, Array, conditioning.Condition], Array],
+    cond: conditioning.Condition,
+    null_label: int,
+    weight: float,
 ) -> DenoiseFn:
-    """denoise_fn with guidance: x̂ = (1 + w)·x̂(z, t, label) − w·x̂(z, t, null), one double batch."""
+    """denoise_fn with guidance: x̂ = (1 + w)·x̂(z, t, cond) − w·x̂(z, t, null), one double batch;
+    the null condition is the null label and, for text, the empty prompt."""
     if weight < 0:
         raise ValueError(f"guidance weight must be >= 0, got {weight}")
     if weight == 0:
-        return lambda z, t: model_fn(z, t, label)
+        return lambda z, t: model_fn(z, t, cond)
 
     def denoise_fn(z, t):
         both = model_fn(
             jnp.concatenate([z, z]),
             jnp.concatenate([t, t]),
-            jnp.concatenate([label, jnp.full_like(label, null_label)]),
+            conditioning.with_null(cond, null_label),
         )
         x_cond, x_uncond = jnp.split(both, 2)
         return x_cond + weight * (x_cond - x_uncond)

@@ -56,8 +56,8 @@ class Trainer:
             self.abstract_teacher_params = abstract_params(teacher_model, config, setup.mesh)
             teacher_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_teacher_params)
         batch_shardings = {
-            "image": sharding.batch_sharding(setup.mesh),
-            "label": sharding.batch_sharding(setup.mesh),
+            key: sharding.batch_sharding(setup.mesh)
+            for key in run_setup.batch_spec(config, config.training.batch_size)
         }
         self.train_step = jax.jit(
             make_train_step(config, setup.model_fn, self.optimizer, teacher_model_fn),

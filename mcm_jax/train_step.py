@@ -162,7 +162,10 @@ def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
     """Model FLOPs of one example's train step: forward + backward (3×) plus extra forwards
     (the stop-gradient reference for MCM, the teacher for CD, twice with guidance)."""
     _, _, channels = data_config.image_shape(config.data)
-    forward = flops_per_example(config.model, config.data.resolution, channels=channels)
+    forward = flops_per_example(
+        config.model, config.data.resolution, channels=channels,
+        text=data_config.text_shape(config.data),
+    )
     multiplier = 3.0
     if config.objective == "mcm":
         multiplier += 1.0

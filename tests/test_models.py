@@ -27,7 +27,7 @@ IO = dict(channels=3, num_classes=NUM_CLASSES)  # the data's: inputs() are 3-cha
 # The resolution each named network was made for (the data's, in a run).
 NATIVE_RESOLUTION = {
     "imagenet64_small": 64, "imagenet64_large": 64, "imagenet128_small": 128,
-    "imagenet128_large": 128, "cifar10": 32, "digits": 16, "tiny": 16,
+    "imagenet128_large": 128, "t2i512": 512, "cifar10": 32, "digits": 16, "tiny": 16,
 }
 BATCH = 4
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

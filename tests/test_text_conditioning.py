@@ -49,7 +49,7 @@ def text_inputs(batch: int, length: int = TEXT_LENGTH, seed: int = 1):
 
 @functools.lru_cache(maxsize=None)
 def text_model(num_classes: int = IO["num_classes"]):
-    return build(tiny(text_width=TEXT_WIDTH), channels=3, num_classes=num_classes)
+    return build(tiny(), channels=3, num_classes=num_classes, text_width=TEXT_WIDTH)
 
 
 def text_params(model, seed: int = 0):
@@ -188,7 +188,7 @@ def test_param_count_and_init_agree():
         init, jax.random.key(0), *inputs(8, batch=1), text=text, text_mask=mask
     )
     count = sum(leaf.size for leaf in jax.tree.leaves(shapes))
-    assert count == param_count(tiny(text_width=TEXT_WIDTH), 8, **IO)
+    assert count == param_count(tiny(), 8, **IO, text_width=TEXT_WIDTH)
     assert count > param_count(tiny(), 8, **IO)
 
 
@@ -201,9 +201,8 @@ def test_flops_match_xla_cost_analysis():
         head_dim=32,
         norm_groups=8,
         embedding_width=64,
-        text_width=32,
     )
-    model = build(config, **IO)
+    model = build(config, **IO, text_width=32)
     text = jnp.zeros((1, 8, 32), jnp.float32)
     mask = jnp.ones((1, 8), bool)
 
@@ -219,7 +218,7 @@ def test_flops_match_xla_cost_analysis():
     )
     cost = compile_fast(apply, shapes, *inputs(16, batch=1), text, mask).cost_analysis()
     xla_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
-    ours = flops_per_example(config, 16, channels=3, text_length=8)
+    ours = flops_per_example(config, 16, channels=3, text=(8, 32))
     assert abs(ours / xla_flops - 1) < 0.05, (ours, xla_flops)  # 0.5% on CPU, jax 0.10.2
 
 
@@ -244,6 +243,6 @@ def test_bad_text_arguments_name_the_argument():
         with pytest.raises(ValueError, match=message):
             jax.eval_shape(functools.partial(init, **kwargs), z, logsnr, label)
     with pytest.raises(ValueError, match="text_width"):
-        build(tiny(text_width=-1), **IO)
-    with pytest.raises(ValueError, match="text_length"):
-        flops_per_example(tiny(text_width=TEXT_WIDTH), 16, channels=3)
+        build(tiny(), **IO, text_width=-1)
+    with pytest.raises(ValueError, match="text:"):
+        flops_per_example(tiny(), 16, channels=3, text=(0, TEXT_WIDTH))

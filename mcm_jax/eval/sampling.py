@@ -65,8 +65,11 @@ def make_batch_sampler(
     seed: int,
     batch_size: int,
     x_var_fn: samplers.XVarFn | None = None,
-) -> Callable[[Any, int], jax.Array]:
-    """A jitted `sample_batch(params, first_index)`: [-1, 1] images of samples first_index + 0..B-1.
+    text: bool = False,
+) -> Callable[..., jax.Array]:
+    """A jitted `sample_batch(params, first_index)`: [-1, 1] images of samples first_index + 0..B-1;
+    for a text model (text=True) `sample_batch(params, first_index, prompts)` with prompts
+    {"text": (B, length, width), "text_mask": (B, length)}, the prompts of those samples.
 
     The noise of sample i is normal(fold_in(PRNGKey(seed), i)); the batch is split over every
     device of the mesh (NamedSharding over its batch axes).
@@ -74,25 +77,25 @@ def make_batch_sampler(
     batch_sharding = sharding.batch_sharding(mesh)
     key = jax.random.PRNGKey(seed)
 
-    def sample_batch(params, first_index):
+    def sample_batch(params, first_index, prompts=None):
         indices = first_index + jnp.arange(batch_size, dtype=jnp.int32)
         indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
         noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), image_shape))
         labels = sample_labels(indices, num_classes)
-        model = lambda z, t, label: model_fn(params, z, t, label, False, None)
+        cond = labels if prompts is None else {"label": labels, **prompts}
+        model = lambda z, t, cond: model_fn(params, z, t, cond, False, None)
         denoise = samplers.classifier_free_guidance(
-            model, labels, null_label, setting.guidance_weight
+            model, cond, null_label, setting.guidance_weight
         )
         return samplers.sample(
             denoise, noise(indices), schedule=schedule, steps=setting.steps,
             method=setting.method, x_var_fn=x_var_fn if setting.method == "addim" else None,
         )
 
-    return jax.jit(
-        sample_batch,
-        in_shardings=(param_shardings, sharding.replicated(mesh)),
-        out_shardings=batch_sharding,
-    )
+    in_shardings = (param_shardings, sharding.replicated(mesh))
+    if text:
+        in_shardings += ({"text": batch_sharding, "text_mask": batch_sharding},)
+    return jax.jit(sample_batch, in_shardings=in_shardings, out_shardings=batch_sharding)
 
 
 def num_chunks(num_samples: int, batch_size: int) -> int:

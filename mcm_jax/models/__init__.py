@@ -3,7 +3,7 @@
 config = model_config("imagenet64_small")
 model = build(config, channels=3, num_classes=1000)  # the data's (mcm_jax.data_config)
 v_hat = model.apply(variables, z, logsnr, label, train=True, rngs={"dropout": key})
-# text_width > 0: also text=(batch, length, text_width) and text_mask=(batch, length) bool
+# build(..., text_width=W > 0): also text=(batch, length, W) and text_mask=(batch, length) bool
 """
 
 from mcm_jax.models.configs import NAMES, model_config

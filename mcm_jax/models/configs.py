@@ -30,7 +30,7 @@ The choices that set them:
   (affine from the conditioning only), fused qkv, MLP ratio 4; all dense layers have biases;
 - time: 256 Fourier features of the log-SNR -> 2-layer MLP; label: an embedding table with a null
   row; fixed 2-D sin-cos position embeddings (no parameters, so any resolution works);
-- text (text_width > 0, none of the named configurations): LayerNorm of the encoder's tokens;
+- text (for caption data; the text width is the data's, see data_config.text_shape): LayerNorm of the encoder's tokens;
   in every transformer block, after self-attention, LayerNorm and cross-attention to the tokens
   (separate q and fused kv projections), residual; the masked mean of the tokens, projected
   without bias, is added to the conditioning embedding.
@@ -61,9 +61,6 @@ def _base() -> ml_collections.ConfigDict:
     config.dtype = "bfloat16"  # compute dtype; parameters are always float32
     config.attention_impl = "auto"  # "auto" | "xla" | "cudnn"
     config.remat = "none"  # "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable"
-    # Text conditioning (paper §5.2): 0 for none; else the width of the text encoder's token
-    # embeddings, which every transformer block cross-attends to (see uvit.UViT).
-    config.text_width = 0
     return config
 
 
@@ -101,6 +98,23 @@ def _imagenet128_large() -> ml_collections.ConfigDict:
     config.level_dropout = (0.0, 0.1, 0.1)
     config.middle_channels = 2048
     config.middle_dropout = 0.1
+    return config
+
+
+def _t2i512() -> ml_collections.ConfigDict:
+    """The paper's text-to-image UViT at 512 px (appendix A.1, Table 6): ResNet levels of 128, 256
+    and 1024 channels at 512, 256 and 128 px, a transformer level of 2048 at 64 px, and 16
+    middle transformer blocks of 4096 at 32 px with dropout 0.1. The conditioning width is ours."""
+    config = _base()
+    config.name = "t2i512"
+    config.level_kinds = (RESNET, RESNET, RESNET, TRANSFORMER)
+    config.level_channels = (128, 256, 1024, 2048)
+    config.level_blocks = (3, 3, 3, 3)
+    config.level_dropout = (0.0, 0.0, 0.0, 0.0)
+    config.middle_channels = 4096
+    config.middle_dropout = 0.1
+    config.embedding_width = 2048
+    config.remat = "dots_saveable"
     return config
 
 
@@ -160,6 +174,7 @@ _NAMED = {
     "imagenet64_large": _imagenet64_large,
     "imagenet128_small": _imagenet128_small,
     "imagenet128_large": _imagenet128_large,
+    "t2i512": _t2i512,
     "cifar10": _cifar10,
     "digits": _digits,
     "tiny": _tiny,

@@ -11,10 +11,15 @@ from mcm_jax.models.validation import validate
 
 
 def param_count(
-    config: ml_collections.ConfigDict, resolution: int, *, channels: int, num_classes: int
+    config: ml_collections.ConfigDict,
+    resolution: int,
+    *,
+    channels: int,
+    num_classes: int,
+    text_width: int = 0,
 ) -> int:
-    """Number of parameters of the model for `channels`-channel images at `resolution` and
-    `num_classes` classes, through jax.eval_shape.
+    """Number of parameters of the model for `channels`-channel images at `resolution`,
+    `num_classes` classes and prompts of `text_width` (0: none), through jax.eval_shape.
 
     Traced with XLA attention: the parameters do not depend on the attention kernel, and tracing
     cuDNN attention needs a GPU. A text-conditioned model is traced with a one-token text (its
@@ -23,15 +28,15 @@ def param_count(
     validate(config, resolution)
     config = ml_collections.ConfigDict(config)
     config.attention_impl = "xla"
-    model = build(config, channels=channels, num_classes=num_classes)
+    model = build(config, channels=channels, num_classes=num_classes, text_width=text_width)
 
     def init():
         z = jnp.zeros((1, resolution, resolution, channels), jnp.float32)
         ones = jnp.ones((1,), jnp.float32)
         text = {}
-        if config.text_width:
+        if text_width:
             text = dict(
-                text=jnp.zeros((1, 1, config.text_width), jnp.float32),
+                text=jnp.zeros((1, 1, text_width), jnp.float32),
                 text_mask=jnp.ones((1, 1), bool),
             )
         return model.init(
@@ -66,35 +71,37 @@ def _cross_attention(tokens: int, width: int, text_length: int, text_width: int)
 
 
 def flops_per_example(
-    config: ml_collections.ConfigDict, resolution: int, *, channels: int, text_length: int = 0
+    config: ml_collections.ConfigDict,
+    resolution: int,
+    *,
+    channels: int,
+    text: tuple[int, int] | None = None,
 ) -> float:
     """Forward FLOPs of one `channels`-channel example at `resolution` (a multiply-add is 2 FLOPs),
-    with texts of `text_length` tokens (padding included) for a text-conditioned model.
+    with prompts of text = (length, width) (length includes padding; None: no text).
 
     Counts dense layers, convolutions and the two attention matmuls (QK^T, AV); leaves out
     normalisations, activations, softmax, pooling and other elementwise work.
     """
     validate(config, resolution)
-    if config.text_width and not (isinstance(text_length, int) and text_length >= 1):
-        raise ValueError(
-            f"text_length: must be an integer >= 1 for a text-conditioned model "
-            f"(text_width={config.text_width}), got {text_length!r}"
-        )
+    text_length, text_width = text or (0, 0)
+    if text is not None and not all(isinstance(n, int) and n >= 1 for n in text):
+        raise ValueError(f"text: (length, width) must be integers >= 1, got {text!r}")
     width_e = config.embedding_width
 
     def block(kind: str, pixels: int, width: int) -> float:
         if kind == RESNET:
             return _resnet_block(pixels, width, width_e)
         flops = _transformer_block(pixels, width, width_e, config.mlp_ratio)
-        if config.text_width:
-            flops += _cross_attention(pixels, width, text_length, config.text_width)
+        if text_width:
+            flops += _cross_attention(pixels, width, text_length, text_width)
         return flops
 
     first_pixels = resolution**2
     widths = (*config.level_channels, config.middle_channels)
     total = _dense(1, config.fourier_features, width_e) + _dense(1, width_e, width_e)
-    if config.text_width:
-        total += _dense(1, config.text_width, width_e)  # the pooled text projection
+    if text_width:
+        total += _dense(1, text_width, width_e)  # the pooled text projection
     total += 2 * _dense(first_pixels, 9 * channels, widths[0])  # input and output convs
 
     for level, (kind, blocks) in enumerate(zip(config.level_kinds, config.level_blocks)):

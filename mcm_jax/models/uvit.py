@@ -216,20 +216,27 @@ class UViT(nn.Module):
         return v_hat.astype(jnp.float32)
 
 
-def build(config: ml_collections.ConfigDict, *, channels: int, num_classes: int) -> UViT:
-    """The UViT of a configuration (see configs.py) for images of `channels` channels and labels
-    0..num_classes-1 (num_classes is the null label; 0: unconditional), both the data's; raises
+DATA_FIELDS = ("channels", "num_classes", "text_width")  # UViT fields that come from the data
+
+
+def build(
+    config: ml_collections.ConfigDict, *, channels: int, num_classes: int, text_width: int = 0
+) -> UViT:
+    """The UViT of a configuration (see configs.py) for images of `channels` channels, labels
+    0..num_classes-1 (num_classes is the null label; 0: unconditional) and, if text_width > 0,
+    prompts embedded by a text encoder of that width; all three are the data's. Raises
     ValueError on a bad configuration. Every other field of UViT comes from the field of
     `config` with its name (sequences as tuples, `dtype` by its name)."""
     validate_static(config)
-    if not (isinstance(channels, int) and channels >= 1):
-        raise ValueError(f"channels: must be an integer >= 1, got {channels!r}")
-    if not (isinstance(num_classes, int) and num_classes >= 0):
-        raise ValueError(f"num_classes: must be an integer >= 0, got {num_classes!r}")
+    for arg_name, value, least in (
+        ("channels", channels, 1), ("num_classes", num_classes, 0), ("text_width", text_width, 0)
+    ):
+        if not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{arg_name}: must be an integer >= {least}, got {value!r}")
     fields = {f.name for f in dataclasses.fields(UViT) if f.init} - {"parent", "name"}
     values = {
         key: tuple(config[key]) if isinstance(config[key], (list, tuple)) else config[key]
-        for key in fields - {"channels", "num_classes"}
+        for key in fields - set(DATA_FIELDS)
     }
     values["dtype"] = DTYPES[config.dtype]
-    return UViT(channels=channels, num_classes=num_classes, **values)
+    return UViT(channels=channels, num_classes=num_classes, text_width=text_width, **values)

@@ -98,10 +98,6 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
         0.0 <= config.middle_dropout < 1.0,
         f"middle_dropout: must be in [0, 1), got {config.middle_dropout}",
     )
-    _require(
-        isinstance(config.text_width, int) and config.text_width >= 0,
-        f"text_width: must be an integer >= 0 (0: no text conditioning), got {config.text_width!r}",
-    )
     _check_levels(config)
     _check_attention(config)
 
