@@ -1,9 +1,11 @@
-"""TFDS input pipelines: ImageNet 64/128, imagenet_resized 64, CIFAR-10 and the bundled digits.
+"""TFDS input pipelines: ImageNet 64/128, imagenet_resized 64, CIFAR-10, the bundled digits and
+caption data with T5 embeddings (mcm_jax/datasets/captions.py).
 
 Each process reads its own share of a split and yields its slice of the global batch as numpy
 arrays: {"image": (local_batch, H, W, C) float32 in [-1, 1], "label": (local_batch,) int32}, with
-local_batch = global_batch / process_count; the trainer assembles the global array with
-`jax.make_array_from_process_local_data`.
+local_batch = global_batch / process_count; caption data adds "text" (local_batch, text_length,
+text_width) float16 and "text_mask" (local_batch, text_length) bool, and its labels are 0 (the
+null label). The trainer assembles the global arrays with `jax.make_array_from_process_local_data`.
 
 Training streams are a pure function of (seed, epoch, process): every epoch rebuilds its dataset
 with seeds derived from those, reads the files and fills the shuffle buffer in a seeded order, and
@@ -23,10 +25,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import mcm_jax.datasets.digits  # noqa: F401  (registers the TFDS builder "digits")
-from mcm_jax.data_config import (  # noqa: F401 (image_shape, num_classes: this module's API too)
-    DatasetSpec, checked_spec, dataset_spec, default_data_config, image_shape, num_classes,
+from mcm_jax.data_config import (  # noqa: F401 (image_shape, num_classes, text_shape: API too)
+    checked_spec, dataset_spec, default_data_config, image_shape, num_classes, text_shape,
 )
-from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
+from mcm_jax.datasets import captions, records
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -54,10 +56,14 @@ def validate(
     global_batch_size: int,
     local_device_count: int | None = None,
     process_count: int | None = None,
+    split: str | None = None,
+    images: bool = True,
 ) -> None:
     """Checks the data config and batch size before any compute; raises ValueError naming the field.
 
-    Also checks that imagenet2012 is prepared (TFDS cannot download it).
+    Also checks that imagenet2012 is prepared (TFDS cannot download it), and that caption data
+    is in data.data_dir with data.text_width and has `split` (default data.train_split) and, if
+    `images`, images.
     """
     missing = sorted(set(default_data_config(data_config.get("name", "digits"))) - set(data_config))
     if missing:
@@ -79,9 +85,18 @@ def validate(
         raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer}: expected at least 1.")
     if data_config.name == "imagenet2012":
         _check_imagenet_prepared(_builder(data_config))
+    if dataset_spec(data_config.name).captioned:
+        field = "data.train_split" if split is None else (
+            "data.eval_split" if split == data_config.eval_split else "split"
+        )
+        split = data_config.train_split if split is None else split
+        builder = captions.open_builder(data_config)
+        captions.check_split(builder, data_config, split, field, images=images)
 
 
 def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    if dataset_spec(data_config.name).captioned:
+        return captions.open_builder(data_config)
     name = data_config.name
     if name == "digits":
         name = f"digits/{data_config.resolution}x{data_config.resolution}"
@@ -110,11 +125,12 @@ def _check_imagenet_prepared(builder: tfds.core.DatasetBuilder) -> None:
 
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The builder, prepared if needed (digits builds offline; cifar10 and imagenet_resized
-    download; imagenet2012 must have been prepared with `mcm_jax.datasets.prepare`)."""
+    download; imagenet2012 must have been prepared with `mcm_jax.datasets.prepare`; caption data
+    is read from its directory)."""
     builder = _builder(data_config)
     if data_config.name == "imagenet2012":
         _check_imagenet_prepared(builder)
-    else:
+    elif not dataset_spec(data_config.name).captioned:
         builder.download_and_prepare()
     return builder
 
@@ -122,46 +138,6 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
     """Number of examples in a split spec of the prepared data set."""
     return _prepared_builder(data_config).info.splits[split].num_examples
-
-
-def _read_options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = True
-    return options
-
-
-def _records(
-    builder: tfds.core.DatasetBuilder, split, *, shuffle_seed: int | None
-) -> tf.data.Dataset:
-    """(encoded image, label) records of a split, in file order or a seeded file order."""
-    read_config = tfds.ReadConfig(
-        shuffle_seed=shuffle_seed, options=_read_options(), try_autocache=False
-    )
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=shuffle_seed is not None,
-        read_config=read_config,
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
-    return ds.map(lambda example: (example["image"], example["label"]))
-
-
-def _image_decoder(
-    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, spec: DatasetSpec
-):
-    """encoded image -> float32 (H, W, C) in [-1, 1] at data.resolution."""
-    image_feature = builder.info.features["image"]
-    resolution = data_config.resolution
-
-    def decode(encoded: tf.Tensor) -> tf.Tensor:
-        if spec.adm_center_crop:  # ADM decodes with PIL; TFDS stores every image as JPEG
-            image = center_crop_adm(decode_jpeg_like_pil(encoded), resolution)
-        else:
-            image = image_feature.decode_example(encoded)
-        image = tf.ensure_shape(image, (resolution, resolution, spec.channels))
-        return tf.cast(image, tf.float32) / 127.5 - 1.0
-
-    return decode
 
 
 class TrainIterator:
@@ -192,7 +168,7 @@ class TrainIterator:
         self._process_index = process_index
         self._process_count = process_count
         self._builder = _prepared_builder(data_config)
-        self._decode = _image_decoder(self._builder, data_config, self._spec)
+        self._decode = records.decoder(self._builder, data_config, self._spec)
         # Equal shares, so every process has the same number of batches per epoch.
         self._split = tfds.split_for_jax_process(
             data_config.train_split,
@@ -246,7 +222,7 @@ class TrainIterator:
         file_seed, buffer_seed, flip_seed = map(
             int, np.random.SeedSequence(entropy).generate_state(3)
         )
-        ds = _records(self._builder, self._split, shuffle_seed=file_seed)
+        ds = records.read(self._builder, self._split, shuffle_seed=file_seed, spec=self._spec)
         ds = ds.shuffle(
             self._config.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
         )
@@ -255,13 +231,14 @@ class TrainIterator:
         random_flip = self._config.random_flip
 
         def preprocess(position, record):
-            encoded, label = record
-            image = self._decode(encoded)
+            example = self._decode(record)
             if random_flip:
                 key = tf.stack([tf.constant(flip_seed, tf.int64), position])
                 flip = tf.random.stateless_uniform([], seed=key) < 0.5
-                image = tf.where(flip, tf.reverse(image, axis=[1]), image)
-            return {"image": image, "label": tf.cast(label, tf.int32)}
+                example["image"] = tf.where(
+                    flip, tf.reverse(example["image"], axis=[1]), example["image"]
+                )
+            return example
 
         ds = ds.map(
             preprocess, num_parallel_calls=self._config.num_parallel_calls, deterministic=True
@@ -362,18 +339,25 @@ def create_eval_iterator(
     num_examples: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    images: bool = True,
 ) -> Iterator[Batch]:
     """One pass over an evaluation split (default data.eval_split) in file order.
 
-    Every example comes exactly once across processes; the last batches are padded (zero images,
-    label 0) and batch["mask"] (bool) marks the real examples. Every process yields the same
-    number of batches. `num_examples` keeps the first that many examples of a plain split name.
+    Every example comes exactly once across processes; the last batches are padded (zeros:
+    image, label 0, text, False text_mask, empty caption) and batch["mask"] (bool) marks the real
+    examples. Every process yields the same number of batches. `num_examples` keeps the first
+    that many examples of a plain split name. Caption data also gives "text", "text_mask" and
+    "caption" (numpy bytes, for CLIP scores); `images=False` leaves the images out (sampling from
+    prompts; the only way to read a prompt-only set).
     """
     process_index, process_count = _process(process_index, process_count)
-    validate(data_config, global_batch_size=global_batch_size, process_count=process_count)
+    split = data_config.eval_split if split is None else split
+    validate(
+        data_config, global_batch_size=global_batch_size, process_count=process_count,
+        split=split, images=images,
+    )
     spec = checked_spec(data_config)
     builder = _prepared_builder(data_config)
-    split = data_config.eval_split if split is None else split
     total = builder.info.splits[split].num_examples
     if num_examples is not None:
         if "[" in split or not 1 <= num_examples <= total:
@@ -390,20 +374,17 @@ def create_eval_iterator(
     num_batches = -(-largest_share // local_batch_size)
     padding = num_batches * local_batch_size - share
 
-    decode = _image_decoder(builder, data_config, spec)
-    ds = _records(builder, tfds.even_splits(split, process_count)[process_index], shuffle_seed=None)
+    reading = dict(images=images, with_captions=spec.captioned)
+    decode = records.decoder(builder, data_config, spec, **reading)
+    share_split = tfds.even_splits(split, process_count)[process_index]
+    ds = records.read(builder, share_split, shuffle_seed=None, spec=spec, **reading)
     ds = ds.map(
-        lambda encoded, label: {
-            "image": decode(encoded), "label": tf.cast(label, tf.int32), "mask": True
-        },
+        lambda record: {**decode(record), "mask": True},
         num_parallel_calls=data_config.num_parallel_calls,
         deterministic=True,
     )
-    pad = {
-        "image": tf.zeros(image_shape(data_config), tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "mask": False,
-    }
+    pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
-    ds = ds.batch(local_batch_size).prefetch(data_config.prefetch).with_options(_read_options())
+    ds = ds.batch(local_batch_size).prefetch(data_config.prefetch)
+    ds = ds.with_options(records.read_options())
     return ds.as_numpy_iterator()

@@ -1,4 +1,5 @@
-"""ADM's ImageNet preprocessing in TensorFlow (guided-diffusion's `center_crop_arr`), PIL-exact.
+"""ADM's ImageNet preprocessing in TensorFlow (guided-diffusion's `center_crop_arr`), PIL-exact;
+caption data (mcm_jax/datasets/captions.py) is cropped and resized with it too.
 
 ADM (Dhariwal & Nichol, 2021) makes its ImageNet 64/128 training images with PIL: decode; while
 the short side is at least twice the target, halve both sides (`size // 2`) with BOX; then
@@ -85,6 +86,17 @@ def decode_jpeg_like_pil(encoded: tf.Tensor) -> tf.Tensor:
     TF's default IDCT is libjpeg's fast integer one; PIL uses the accurate one (JDCT_ISLOW).
     """
     return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+
+
+def decode_like_pil(encoded: tf.Tensor) -> tf.Tensor:
+    """uint8 (H, W, 3) pixels of a JPEG (as `decode_jpeg_like_pil`), PNG, GIF or BMP, equal to
+    PIL's `Image.open(f).convert("RGB")` for JPEG and opaque PNG."""
+    pixels = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: decode_jpeg_like_pil(encoded),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
+    return tf.ensure_shape(pixels, (None, None, 3))
 
 
 def center_crop_adm(image: tf.Tensor, resolution: int) -> tf.Tensor:
