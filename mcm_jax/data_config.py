@@ -129,14 +129,6 @@ def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return (data_config.resolution, data_config.resolution, channels)
 
 
-def text_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int] | None:
-    """(text_length, text_width) of one example's prompt for caption data, whose text encoder
-    sets the model's text width; None for data without text."""
-    if "text_width" not in data_config:
-        return None
-    return (data_config.text_length, data_config.text_width)
-
-
 def num_classes(data_config: ml_collections.ConfigDict) -> int:
     """Number of class labels the model takes (labels are 0 .. num_classes - 1; num_classes is
     the model's null label); 0 for an unconditional model (`class_conditional=False`)."""
