@@ -10,7 +10,9 @@ synthetic data (no TensorFlow or clu is imported):
   for each remat policy, the best of which is marked;
 - 8-step student sampling (DDIM, the eval job's sampler) at batch 256;
 - Inception features (the FID network, random weights) of 256 uint8 64x64 images, at the
-  FID path's precision "highest" and at "default".
+  FID path's precision "highest" and at "default";
+- the train step of the 512 px text-to-image teacher (t2i512, 5.6B parameters, 128-token T5 XXL
+  prompts) on one device at batch 4, or "oom".
 Each figure comes with img/s, TFLOP/s per device and MFU (`mcm_jax.hardware`), the device kind,
 batch, commit and jax version, and `cudnn_attention`: whether the compiled program holds cuDNN's
 fused-attention custom calls. It prints a markdown table and writes the rows as JSON after each
@@ -44,7 +46,10 @@ from mcm_jax.fid import inception
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 from mcm_jax.models.layers import choose_attention_implementation
 
-ITEMS = ("diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "cd_large")
+ITEMS = (
+    "diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "cd_large",
+    "t2i_diffusion",
+)
 # Fastest first, as far as one can tell without a GPU: dots_saveable recomputes only elementwise
 # work, "none" recomputes nothing but fits the smallest batch, "full" recomputes every block.
 REMAT_ORDER = ("dots_saveable", "none", "dots_with_no_batch_dims_saveable", "full")
@@ -105,6 +110,17 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
         config = presets.imagenet_mcm(64, f"steps=8,method={kind},size={size}")
         config.teacher.workdir = "unused: the benchmark's teacher is the initial parameters"
     config = _shrink(config) if dry_run else config
+    config.training.batch_size = batch
+    return config
+
+
+def t2i_config(batch: int, dry_run: bool) -> ml_collections.ConfigDict:
+    """The text-to-image teacher on this process's devices alone (no fsdp), at a global `batch`."""
+    config = presets.t2i_diffusion()
+    config.mesh.fsdp = 1
+    if dry_run:
+        config = _shrink(config)
+        config.data.update(text_length=8, text_width=16)
     config.training.batch_size = batch
     return config
 
@@ -369,6 +385,8 @@ def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, st
                 add([inception_row(inception_batch, precision, steps, warmup)])
         elif item == "cd_large":
             add(large_rows(large_remat, large_batches, max(steps // 2, 2), 1, deadline, dry_run))
+        elif item == "t2i_diffusion":
+            add([train_row(item, t2i_config(4, dry_run), max(steps // 2, 2), 1)])
     return meta, rows
 
 

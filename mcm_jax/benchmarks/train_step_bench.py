@@ -18,21 +18,29 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import data_config, hardware, sharding, train, train_step
+from mcm_jax import data_config, hardware, run_setup, sharding, train, train_step
 from mcm_jax.run_setup import RunSetup
 
 FLAGS = flags.FLAGS
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-    """This process's slice of a random global batch of images in [-1, 1] and labels."""
-    local = config.training.batch_size // jax.process_count()
-    shape, classes = data_config.image_shape(config.data), data_config.num_classes(config.data)
+    """This process's slice of a random global batch of images in [-1, 1] and labels, and for
+    caption data prompts of random lengths (`run_setup.batch_spec`'s layout)."""
+    spec = run_setup.batch_spec(config, config.training.batch_size // jax.process_count())
+    local = spec["image"].shape[0]
+    classes = data_config.num_classes(config.data)
     rng = np.random.default_rng(seed)
-    return {
-        "image": rng.uniform(-1, 1, (local, *shape)).astype(np.float32),
+    batch = {
+        "image": rng.uniform(-1, 1, spec["image"].shape).astype(np.float32),
         "label": rng.integers(0, max(classes, 1), local).astype(np.int32),
     }
+    if "text" in spec:
+        length = spec["text_mask"].shape[1]
+        mask = np.arange(length) < rng.integers(1, length + 1, (local, 1))
+        text = rng.normal(size=spec["text"].shape).astype(np.float16)
+        batch.update(text=np.where(mask[..., None], text, 0).astype(np.float16), text_mask=mask)
+    return batch
 
 
 def cudnn_attention_calls(hlo_text: str) -> list[str]:
