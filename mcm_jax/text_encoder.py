@@ -42,8 +42,14 @@ MASK_WARNING = ".*does not support masking"
 PRESET_FILES = ("config.json", "tokenizer.json", "assets/tokenizer/vocabulary.spm")
 
 
+# keras picks its backend at its first import, which TensorFlow or TFDS may trigger: importing
+# this module first puts keras on JAX.
+if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "jax"
+
+
 def _keras_on_jax() -> tuple[Any, Any]:
-    """keras and keras_hub, with keras on its JAX backend (chosen at keras's first import)."""
+    """keras and keras_hub, with keras on its JAX backend."""
     if "keras" in sys.modules:
         backend = sys.modules["keras"].backend.backend()
         if backend != "jax":
@@ -52,8 +58,6 @@ def _keras_on_jax() -> tuple[Any, Any]:
                 "Set KERAS_BACKEND=jax, or import mcm_jax.text_encoder before anything imports "
                 "keras."
             )
-    else:
-        os.environ["KERAS_BACKEND"] = "jax"
     import keras
     import keras_hub
 

@@ -2,6 +2,9 @@
 TFDS directory read back with tfds.builder_from_directory, and the users' mistakes."""
 
 import io
+import pathlib
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 from mcm_jax.datasets import embed_text, embedded_captions
 from test_text_encoder import MAX_LENGTH, tiny_encoder, tiny_encoder_dir  # noqa: F401 (fixtures)
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 CAPTIONS = ["a handwritten digit one", "a handwritten digit two in grey ink", "nine", ""]
 
 
@@ -22,6 +26,7 @@ def image_bytes(value: int, format: str = "PNG") -> bytes:
 
 
 def run(encoder_dir, out, source, *extra):
+    embed_text.FLAGS.unparse_flags()  # each call starts from the defaults
     embed_text.main([
         "embed_text", f"--encoder_dir={encoder_dir}", f"--out={out}", f"--source={source}",
         f"--max_length={MAX_LENGTH}", "--batch_size=4", "--examples_per_shard=2", *extra,
@@ -193,3 +198,20 @@ def test_user_mistakes_name_the_flag(tmp_path, tiny_encoder_dir):
         run(tiny_encoder_dir, out, f"prompts:{prompts}")
     with pytest.raises(SystemExit, match="--out: .*max_length=24, not 8"):
         run(tiny_encoder_dir, out, f"prompts:{prompts}", "--split=b", "--max_length=8")
+
+
+@pytest.mark.slow
+def test_command_line(tmp_path, tiny_encoder_dir, tiny_encoder):
+    """`python -m mcm_jax.datasets.embed_text` in a fresh process, where TensorFlow and TFDS are
+    imported before keras is (keras must still come up on JAX)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    command = [sys.executable, "-m", "mcm_jax.datasets.embed_text",
+               f"--encoder_dir={tiny_encoder_dir}", f"--out={tmp_path / 'out'}",
+               f"--source=prompts:{prompts}", f"--max_length={MAX_LENGTH}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "train: 2 examples embedded" in result.stdout
+    check_embeddings(tiny_encoder, read_split(tmp_path / "out")[1], ["one", "two"])
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and "--out: " in result.stderr.splitlines()[-1]

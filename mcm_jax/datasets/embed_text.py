@@ -39,7 +39,6 @@ flags.DEFINE_integer("caption_seed", 0, "seed of the caption chosen per coco_cap
 def main(argv: Sequence[str]) -> None:
     """Reads --source, encodes its captions and writes split --split of --out. A mistake in a flag
     or in what it names ends with a SystemExit naming the flag."""
-    FLAGS.unparse_flags()  # a second call (tests) starts from the defaults too
     rest = FLAGS(argv)[1:]
     if rest:
         raise SystemExit(f"unexpected arguments: {rest}")
@@ -50,8 +49,8 @@ def main(argv: Sequence[str]) -> None:
         if FLAGS[name].value < 1:
             raise SystemExit(f"--{name}: {FLAGS[name].value} < 1")
 
+    from mcm_jax import text_encoder  # first: keras must be imported on its JAX backend
     from mcm_jax import input_pipeline  # noqa: F401  keeps TF off accelerators
-    from mcm_jax import text_encoder
     from mcm_jax.datasets import caption_sources, embedded_captions
 
     try:
