@@ -144,7 +144,7 @@ class TextEncoder:
         def embed(variables, token_ids, mask):
             trainable, non_trainable = variables
             inputs = {"encoder_token_ids": token_ids, "encoder_padding_mask": mask}
-            with warnings.catch_warnings():  # traced once; see _load_encoder
+            with warnings.catch_warnings():  # traced once; see MASK_WARNING
                 warnings.filterwarnings("ignore", message=MASK_WARNING)
                 out, _ = encoder.stateless_call(trainable, non_trainable, inputs, training=False)
             return jnp.where(mask[..., None] > 0, out, 0).astype(jnp.float16)
