@@ -64,3 +64,12 @@ def read_npz_members(
             )
         return {key: archive[key] for key in keys}
 
+
+
+def walk_files(root: epath.PathLike) -> Iterator[epath.Path]:
+    """Every file under the directory `root`, recursively (epath's rglob refuses gs://)."""
+    for item in epath.Path(root).iterdir():
+        if item.is_dir():
+            yield from walk_files(item)
+        else:
+            yield item
