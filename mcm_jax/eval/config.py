@@ -36,6 +36,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.inception_sha256 = ""  # expected SHA-256 of it; "": the .sha256 file beside it
     c.reference_stats = ""  # npz with mu, sigma: ADM reference batch, or mcm_jax.fid.reference's
     c.fd_digits_reference_split = "test"  # digits split whose classifier features are the reference
+    # CLIP score of text-to-image samples against their captions (mcm_jax.eval.clip_score).
+    c.clip_dir = ml_collections.config_dict.placeholder(str)  # KerasHub CLIP preset dir; None: off
+    c.clip_batch_size = 64  # images per CLIP call (one compilation; the last batch is padded)
     # Outputs.
     c.grid_images = 64  # the first this many samples of each setting, as a PNG grid
     c.save_samples = False  # also write all samples as <dir>/samples.npz (uint8 arr_0, labels)
@@ -55,4 +58,18 @@ def check_ema_index(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.eval.ema_index: {index} but the run has {count} EMA parameter set(s) "
             f"(config.ema_decays={tuple(config.ema_decays)})"
+        )
+
+
+def check_clip_fields(eval_config: ml_collections.ConfigDict) -> None:
+    """eval.clip_dir is None or a path; eval.clip_batch_size a positive integer."""
+    clip_dir, batch_size = eval_config.clip_dir, eval_config.clip_batch_size
+    if clip_dir is not None and not (isinstance(clip_dir, str) and clip_dir):
+        raise ValueError(
+            f"config.eval.clip_dir: a KerasHub CLIP preset directory or None (no CLIP score), "
+            f"got {clip_dir!r}"
+        )
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(
+            f"config.eval.clip_batch_size: must be an integer >= 1, got {batch_size!r}"
         )

@@ -4,6 +4,9 @@ A `FeatureSpace` is a feature network plus reference statistics in its space; bu
 checks its inputs (weights, reference file, classifier) before any sampling. A `Scorer` streams
 sample chunks through it and gives the Fréchet distance and, where the network classifies, the
 fraction of class-conditional samples classified as their label.
+
+Text-to-image runs can also have a CLIP score (`clip_scorer`, `clip_score_result`): images against
+their captions, with the CLIP of eval.clip_dir (mcm_jax.eval.clip_score; keras only when set).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from jax.sharding import Mesh
 
 from mcm_jax import digits_classifier, fid, files, sharding
 from mcm_jax.datasets import digits_split
+from mcm_jax.eval import clip_score
+from mcm_jax.eval.config import check_clip_fields
 from mcm_jax.fid import weights as fid_weights
 
 # (uint8 NHWC samples) -> (features (B, D), predicted labels (B,) or None)
@@ -144,3 +149,28 @@ class Scorer:
         if self.conditional and self.classified:
             result["class_accuracy"] = self.hits / self.statistics.count
         return {**result, **self.space.info}
+
+
+# --- CLIP score (text-to-image: images against the captions they were sampled for) ----------
+
+
+def clip_scorer(eval_config: ml_collections.ConfigDict) -> clip_score.ClipScorer | None:
+    """The CLIP of eval.clip_dir, batched by eval.clip_batch_size, or None when clip_dir is
+    unset; fails on bad fields or a bad preset, naming the field, before any sampling."""
+    check_clip_fields(eval_config)
+    if eval_config.clip_dir is None:
+        return None
+    try:
+        return clip_score.ClipScorer.from_dir(
+            eval_config.clip_dir, batch_size=eval_config.clip_batch_size
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"config.eval.clip_dir: {error}") from error
+
+
+def clip_score_result(
+    scorer: clip_score.ClipScorer, images: np.ndarray, captions: list[str]
+) -> dict[str, float]:
+    """{"clip_score": the mean over pairs of 100 · max(cos, 0)} of images (uint8 or [-1, 1]
+    NHWC) against their captions."""
+    return {"clip_score": clip_score.mean_clip_score(scorer.scores(images, captions))}
