@@ -35,12 +35,14 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
+# The commit: $MCM_JAX_COMMIT, else the one --prepare recorded (a copy of the tree sent to a
+# device machine may carry a stale .git of its own), else git's.
 commit=${MCM_JAX_COMMIT:-}
-if [[ -z "$commit" ]] && git rev-parse --git-dir >/dev/null 2>&1; then
-  commit=$(git describe --always --dirty --abbrev=10)
-fi
 if [[ -z "$commit" && -f "$WHEELS/COMMIT" ]]; then
   commit="$(cat "$WHEELS/COMMIT") (from $WHEELS/COMMIT)"
+fi
+if [[ -z "$commit" ]] && git rev-parse --git-dir >/dev/null 2>&1; then
+  commit=$(git describe --always --dirty --abbrev=10)
 fi
 
 site=/tmp/mcm_jax_site
