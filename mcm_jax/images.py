@@ -14,6 +14,15 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def to_grey(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC with 1 or 3 channels to 1 channel, the mean of R, G and B rounded to nearest:
+    grey images stored as RGB (captioned digits) come back exactly."""
+    images = np.asarray(images)
+    if images.shape[-1] == 1:
+        return images
+    return np.round(images.mean(axis=-1, keepdims=True)).astype(np.uint8)
+
+
 def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
     """Tiles uint8 NHWC images into one HWC image, `columns` wide (square by default)."""
     n, h, w, c = images.shape

@@ -34,7 +34,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, data_config, hardware, losses, run_setup, sharding, train_step
+from mcm_jax import config_lib, hardware, losses, run_setup, sharding, train_step
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 
 REMAT_POLICIES = ("none", *CHECKPOINT_POLICIES)

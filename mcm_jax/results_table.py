@@ -41,7 +41,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        raise SystemExit(f"usage: python -m mcm_jax.results_table ROOT")
+        raise SystemExit("usage: python -m mcm_jax.results_table ROOT")
     rows = collect(argv[1])
     if not rows:
         raise SystemExit(f"no eval sweeps under {argv[1]}")

@@ -134,14 +134,16 @@ class RunSetup:
         batch_size: int,
         x_var_fn: samplers.XVarFn | None = None,
     ):
-        """The jitted `sample_batch(params, first_index)` of eval.sampling for this run's model
-        and mesh: build it once and call it for every batch, so it compiles once."""
+        """The jitted `sample_batch(params, first_index[, prompts])` of eval.sampling for this
+        run's model and mesh (prompts for text models): build it once and call it for every
+        batch, so it compiles once."""
         data = self.config.data
         return sampling.make_batch_sampler(
             self.model_fn, self.schedule, self.mesh, self.param_shardings,
             setting=setting, image_shape=data_config.image_shape(data),
             num_classes=data_config.num_classes(data), null_label=config_lib.null_label(self.config),
             seed=seed, batch_size=batch_size, x_var_fn=x_var_fn,
+            text=data_config.text_shape(data) is not None,
         )
 
 

@@ -19,9 +19,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mcm_jax import (
-    checkpointing, config_lib, hardware, images, losses, multihost, preemption, profiling,
-    resume_config, run_setup, sharding,
+    checkpointing, config_lib, data_config, hardware, images, losses, multihost, preemption,
+    profiling, resume_config, run_setup, sharding,
 )
+from mcm_jax.eval import prompts
 from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
@@ -77,17 +78,21 @@ class Trainer:
 
 
 def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndarray]:
-    """`grid(params)`: `num_images` class-cycling samples from `params` with the run's own
-    sampler (run_setup.own_sampler), as uint8 NHWC. It is the eval job's batch sampler, built
-    once so every grid of a run reuses one compiled program; the noise is config.seed's, the same
-    at every step."""
+    """`grid(params)`: `num_images` class-cycling samples (text models: of the first prompts of
+    data.eval_split) from `params` with the run's own sampler (run_setup.own_sampler), as uint8
+    NHWC. It is the eval job's batch sampler, built once so every grid of a run reuses one
+    compiled program; the noise is config.seed's, the same at every step."""
     c = setup.config
     setting = run_setup.own_sampler(c)
     batch_size = -(-num_images // setup.mesh.size) * setup.mesh.size  # split over every device
     sample_batch = setup.batch_sampler(setting, seed=c.seed, batch_size=batch_size)
+    extra = ()
+    if data_config.text_shape(c.data) is not None:
+        feed = prompts.PromptFeed(prompts.PromptSet(c.data), batch_size, setup.mesh)
+        extra = (feed(0),)
 
     def grid(params: Params) -> np.ndarray:
-        samples = multihost_utils.process_allgather(sample_batch(params, 0), tiled=True)
+        samples = multihost_utils.process_allgather(sample_batch(params, 0, *extra), tiled=True)
         return images.to_uint8(np.asarray(samples)[:num_images])
 
     return grid

@@ -320,5 +320,5 @@ def test_eval_config_fields_and_metric(tiny_dir):
     scorer = metrics.clip_scorer(config)
     assert scorer.batch_size == 4
     images = _images(5)
-    result = metrics.clip_score_result(scorer, images, CAPTIONS[:5])
-    assert result == {"clip_score": pytest.approx(scorer.scores(images, CAPTIONS[:5]).mean())}
+    scores = scorer.scores(images, CAPTIONS[:5])
+    assert metrics.mean_clip_score(scores) == pytest.approx(scores.mean())

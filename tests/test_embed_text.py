@@ -168,6 +168,12 @@ def test_write_api_ids_and_mixed_examples(tmp_path, tiny_encoder):
         embedded_captions.write_embedded_captions(
             tmp_path / "mixed", "train", [(image_bytes(0), "one")], tiny_encoder
         )
+    from mcm_jax import data_config, input_pipeline  # the reader refuses the interrupted split
+
+    config = data_config.default_data_config("captions")
+    config.update(data_dir=str(tmp_path / "mixed"), text_width=tiny_encoder.width, resolution=8)
+    with pytest.raises(ValueError, match="interrupted while writing"):
+        input_pipeline.validate(config, global_batch_size=8, process_count=1)
 
 
 def test_user_mistakes_name_the_flag(tmp_path, tiny_encoder_dir):

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import ml_collections
-import numpy as np
 from absl import app, flags
 
 from mcm_jax import (

@@ -71,6 +71,12 @@ def check_split(
             f"{field}={split!r} cannot be read from {where} (splits: "
             f"{', '.join(sorted(builder.info.splits))}): {error}"
         ) from None
+    interrupted = (builder.info.metadata or {}).get("incomplete_splits", [])
+    if {part.split("[")[0].strip() for part in split.split("+")} & set(interrupted):
+        raise ValueError(
+            f"{field}={split!r}: the embedding command was interrupted while writing this split "
+            f"of {where}; run it again for the split (it refuses to append), or use another split."
+        )
     if images and not has_images(builder):
         raise ValueError(
             f"{where} has no images (a prompt-only set): it gives prompts to sample from "

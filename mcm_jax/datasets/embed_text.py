@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from mcm_jax import cli, paths
 

@@ -28,6 +28,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.sweep_methods = ()  # "ddim" | "addim" (teachers); (): teacher training.sample_method,
     #                       student "ddim"
     c.guidance_weight = 0.0  # classifier-free guidance of a teacher (w; 0: none)
+    # Text-to-image: sample i takes prompt i mod count of this embedded caption set's split.
+    c.prompts_dir = ""  # "": data.data_dir
+    c.prompts_split = ""  # "": data.eval_split
     c.x_var_table = ""  # aDDIM calibration npz (python -m mcm_jax.calibrate); "": analytic x_var
     c.name = ""  # sub-directory of <workdir>/eval; "": n<num_samples>_seed<seed>_ema<ema_index>
     # Metric.

@@ -4,13 +4,16 @@ For one checkpoint (eval.step, or the latest), or every newest checkpoint as tra
 (eval.poll), it draws exactly eval.num_samples images with each sampler of the sweep (a student's
 S-step DDIM; a teacher's DDIM or aDDIM at each of eval.sweep_steps, optionally guided), sharded
 over all devices and processes and resumable after a kill, then scores them with FID or
-FD-digits (docs/method.md §9). Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
+FD-digits (docs/method.md §9). A text-to-image model samples sample i from prompt i mod count of
+the prompt set (eval.prompts_dir, eval.prompts_split; mcm_jax.eval.prompts) and adds the CLIP
+score where eval.clip_dir is set. Layout, under <workdir>/eval/<eval.name or n<N>_seed<seed>_ema<i>>/:
 
     events.out.tfevents.*               scores and grids per checkpoint step (TensorBoard)
     step_<step>/sweep.{csv,json,png}    the score against steps, per sampler
     step_<step>/<method>_<steps>steps[_guidance<w>]/
         spec.json, chunk_*.npz          while sampling (chunks go once scored)
-        metrics.json, samples.png       [samples.npz: uint8 arr_0 and labels, eval.save_samples]
+        metrics.json, samples.png       [samples.npz: uint8 arr_0, labels (and captions),
+                                         eval.save_samples]
 
 A setting whose metrics.json exists is not recomputed, so rerunning a finished job is cheap.
 """
@@ -31,8 +34,8 @@ from jax.experimental import multihost_utils
 
 from mcm_jax import checkpointing, data_config, files, images, multihost, samplers
 from mcm_jax.calibrate import load_x_var_table
-from mcm_jax.eval import metrics, report, sampling
-from mcm_jax.eval.config import METRICS, check_ema_index, default_eval_config
+from mcm_jax.eval import metrics, prompts, report, sampling
+from mcm_jax.eval.config import METRICS, check_clip_fields, check_ema_index, default_eval_config
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
 from mcm_jax.progress import ProgressFn
@@ -76,8 +79,11 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[SamplerSetting]:
             raise ValueError(f"config.eval.sweep_steps: {count!r} is not an integer >= 1")
     if e.guidance_weight < 0:
         raise ValueError(f"config.eval.guidance_weight: must be >= 0, got {e.guidance_weight}")
-    if e.guidance_weight and not data_config.num_classes(config.data):
-        raise ValueError("config.eval.guidance_weight: guidance needs a class-conditional model")
+    conditional = data_config.num_classes(config.data) or data_config.text_shape(config.data)
+    if e.guidance_weight and not conditional:
+        raise ValueError(
+            "config.eval.guidance_weight: guidance needs a class- or text-conditional model"
+        )
     weight = float(e.guidance_weight)
     return [
         SamplerSetting(m, int(n), weight)
@@ -111,6 +117,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[Sample
         )
     if e.grid_images < 0:
         raise ValueError(f"config.eval.grid_images: must be >= 0, got {e.grid_images}")
+    check_clip_fields(e)
+    if e.clip_dir is not None and data_config.text_shape(config.data) is None:
+        raise ValueError("config.eval.clip_dir: a CLIP score needs a text-to-image model")
     if e.poll and e.step != -1:
         raise ValueError(
             f"config.eval.step: {e.step} with eval.poll; polling follows the latest (-1)"
@@ -160,6 +169,11 @@ class _Job:
         self.x_var_fn = load_x_var_table(e.x_var_table) if e.x_var_table else None
         self.setup = setup
         self.space = metrics.feature_space(config, self.setup.mesh)
+        self.clip = metrics.clip_scorer(e)
+        self.prompts, self.prompt_feed = None, None
+        if data_config.text_shape(config.data) is not None:
+            self.prompts = prompts.PromptSet(prompts.prompts_data_config(config))
+            self.prompt_feed = prompts.PromptFeed(self.prompts, e.batch_size, setup.mesh)
         self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}
 
@@ -221,10 +235,15 @@ class _Job:
         if metrics_path.exists():
             return json.loads(metrics_path.read_text())
         sampler = self._sampler(setting)
+        if self.prompts is None:
+            sample_batch, captions = (lambda first: sampler(params, first)), None
+        else:
+            sample_batch = lambda first: sampler(params, first, self.prompt_feed(first))
+            captions = self.prompts.captions_of
         complete = sampling.generate_samples(
-            lambda first: sampler(params, first), directory, num_samples=e.num_samples,
+            sample_batch, directory, num_samples=e.num_samples,
             batch_size=e.batch_size, num_classes=data_config.num_classes(self.config.data),
-            max_chunks=max_chunks, progress=progress,
+            max_chunks=max_chunks, progress=progress, captions=captions,
         )
         if not complete:
             return None
@@ -243,20 +262,25 @@ class _Job:
         return row
 
     def _score_and_save(self, directory: epath.Path, step: int, setting: SamplerSetting) -> dict:
-        """One pass over the chunks: the score, the grid PNG and, if asked for, samples.npz."""
+        """One pass over the chunks: the score (and CLIP score), the grid PNG and, if asked for,
+        samples.npz."""
         e = self.config.eval
         conditional = data_config.num_classes(self.config.data) > 0
         scorer = metrics.Scorer(self.space, conditional) if self.space else None
-        kept_images, kept_labels = [], []
+        kept_images, kept_labels, kept_captions, clip_scores = [], [], [], []
         keep = e.num_samples if e.save_samples else e.grid_images
-        for samples, labels, mask in sampling.iterate_chunks(
+        for samples, labels, mask, captions in sampling.iterate_chunks(
             directory, num_samples=e.num_samples, batch_size=e.batch_size
         ):
             if scorer:
                 scorer.update(samples, labels, mask)
+            if self.clip is not None:
+                clip_scores.append(self.clip.scores(samples[mask], list(captions[mask])))
             if sum(map(len, kept_images)) < keep:
                 kept_images.append(samples[mask])
                 kept_labels.append(labels[mask])
+                if captions is not None:
+                    kept_captions.append(captions[mask])
         if jax.process_index() == 0 and keep:
             kept = np.concatenate(kept_images)[:keep]
             if e.grid_images:
@@ -264,11 +288,15 @@ class _Job:
                 images.save_png(str(directory / "samples.png"), grid)
                 self.writer.write_images(step, {setting.name: grid[None]})
             if e.save_samples:
+                extra = {"captions": np.concatenate(kept_captions)[:keep]} if kept_captions else {}
                 files.save_npz(
                     directory / "samples.npz", arr_0=kept,
-                    labels=np.concatenate(kept_labels)[:keep],
+                    labels=np.concatenate(kept_labels)[:keep], **extra,
                 )
-        return scorer.result() if scorer else {}
+        result = scorer.result() if scorer else {}
+        if clip_scores:
+            result["clip_score"] = metrics.mean_clip_score(np.concatenate(clip_scores))
+        return result
 
 
 def evaluate(

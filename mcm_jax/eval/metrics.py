@@ -5,7 +5,7 @@ checks its inputs (weights, reference file, classifier) before any sampling. A `
 sample chunks through it and gives the Fréchet distance and, where the network classifies, the
 fraction of class-conditional samples classified as their label.
 
-Text-to-image runs can also have a CLIP score (`clip_scorer`, `clip_score_result`): images against
+Text-to-image runs can also have a CLIP score (`clip_scorer`, `mean_clip_score`): images against
 their captions, with the CLIP of eval.clip_dir (mcm_jax.eval.clip_score; keras only when set).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mcm_jax import digits_classifier, fid, files, sharding
+from mcm_jax import digits_classifier, fid, files, images, sharding
 from mcm_jax.datasets import digits_split
 from mcm_jax.eval import clip_score
 from mcm_jax.eval.config import check_clip_fields
@@ -98,15 +98,18 @@ def digits_space(config: ml_collections.ConfigDict) -> FeatureSpace:
     split against the reference: what real digits score.
     """
     split = config.eval.fd_digits_reference_split
-    if config.data.name != "digits":
+    if config.data.name not in ("digits", "captions"):
         raise ValueError(
-            f"config.eval.metric: fd_digits needs data.name 'digits', got {config.data.name!r}"
+            "config.eval.metric: fd_digits needs digits (data.name 'digits', or 'captions' "
+            f"holding captioned digits), got {config.data.name!r}"
         )
     if split not in digits_split.SPLITS:
         raise ValueError(
             f"config.eval.fd_digits_reference_split: {split!r} is not one of {digits_split.SPLITS}"
         )
-    classifier = digits_classifier.load_or_train(config.data.data_dir, config.data.resolution)
+    # The classifier is cached beside the digits' TFDS data (TFDS's default dir for captions).
+    cache_dir = config.data.data_dir if config.data.name == "digits" else None
+    classifier = digits_classifier.load_or_train(cache_dir, config.data.resolution)
 
     def split_statistics(name):
         features = classifier.logits_and_features(
@@ -119,7 +122,7 @@ def digits_space(config: ml_collections.ConfigDict) -> FeatureSpace:
     real_data = fid.frechet_distance(*split_statistics(other), *reference)
 
     def outputs(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = classifier.logits_and_features(samples)
+        logits, features = classifier.logits_and_features(images.to_grey(samples))
         return features, np.argmax(logits, axis=-1)
 
     info = {"classifier_test_accuracy": classifier.test_accuracy, "fd_digits_real_data": real_data}
@@ -168,9 +171,4 @@ def clip_scorer(eval_config: ml_collections.ConfigDict) -> clip_score.ClipScorer
         raise type(error)(f"config.eval.clip_dir: {error}") from error
 
 
-def clip_score_result(
-    scorer: clip_score.ClipScorer, images: np.ndarray, captions: list[str]
-) -> dict[str, float]:
-    """{"clip_score": the mean over pairs of 100 · max(cos, 0)} of images (uint8 or [-1, 1]
-    NHWC) against their captions."""
-    return {"clip_score": clip_score.mean_clip_score(scorer.scores(images, captions))}
+mean_clip_score = clip_score.mean_clip_score

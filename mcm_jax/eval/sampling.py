@@ -129,8 +129,10 @@ def completed_chunks(directory: epath.Path, total_chunks: int) -> list[int]:
     return [int(k) for k in np.flatnonzero(done)]
 
 
-def _write_chunk(path: epath.Path, samples: np.ndarray, labels: np.ndarray) -> None:
-    files.save_npz(path, images=samples, labels=labels)  # atomic: a kill leaves no half chunk
+def _write_chunk(path: epath.Path, samples: np.ndarray, labels: np.ndarray,
+                 captions: np.ndarray | None) -> None:
+    extra = {} if captions is None else {"captions": captions.astype(str)}
+    files.save_npz(path, images=samples, labels=labels, **extra)  # atomic: no half chunk
 
 
 def generate_samples(
@@ -142,11 +144,12 @@ def generate_samples(
     num_classes: int,
     max_chunks: int | None = None,
     progress: ProgressFn = lambda done, total: None,
+    captions: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> bool:
     """Writes the chunks of `directory` that are missing; True when all are there.
 
     `sample_batch(first_index)` returns the global batch of [-1, 1] images starting at that
-    sample index. `max_chunks` bounds the chunks made by this call (a time slice of the job).
+    sample index; `captions(indices)`, for text models, the prompts' captions, kept in the chunks. `max_chunks` bounds the chunks made by this call (a time slice of the job).
     `progress(chunks_on_disk, total_chunks)` is called after each chunk.
     """
     total = num_chunks(num_samples, batch_size)
@@ -169,6 +172,7 @@ def generate_samples(
                 directory / CHUNK_PATTERN.format(k),
                 images.to_uint8(np.asarray(batch)[:real]),
                 np.asarray(sample_labels(indices, num_classes), np.int32),
+                None if captions is None else captions(indices),
             )
         progress(len(done) + count, total)
         elapsed = time.time() - start
@@ -185,12 +189,14 @@ def generate_samples(
 
 def iterate_chunks(
     directory: epath.Path, *, num_samples: int, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(images uint8 (B, H, W, C), labels (B,), mask (B,)) per chunk, in sample order; the last
-    chunk is padded with zero images to the fixed batch B and `mask` marks the real samples."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(images uint8 (B, H, W, C), labels (B,), mask (B,), captions (B,) or None) per chunk, in
+    sample order; the last chunk is padded with zero images (and empty captions) to the fixed
+    batch B and `mask` marks the real samples."""
     for k in range(num_chunks(num_samples, batch_size)):
         with files.open_npz(directory / CHUNK_PATTERN.format(k)) as chunk:
             samples, labels = chunk["images"], chunk["labels"]
+            captions = chunk["captions"] if "captions" in chunk.files else None
         expected = min(batch_size, num_samples - k * batch_size)
         if len(samples) != expected:
             raise ValueError(
@@ -202,6 +208,7 @@ def iterate_chunks(
             np.pad(samples, ((0, pad),) + ((0, 0),) * (samples.ndim - 1)),
             np.pad(labels, (0, pad)),
             mask,
+            None if captions is None else np.concatenate([captions, [""] * pad]),
         )
 
 
