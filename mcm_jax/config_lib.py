@@ -17,7 +17,7 @@ import os
 import ml_collections
 from flax import traverse_util
 
-from mcm_jax.data_config import default_data_config, num_classes
+from mcm_jax.data_config import default_data_config, num_classes, text_shape
 from mcm_jax.eval.config import default_eval_config
 from mcm_jax.schedules import get_schedule
 
@@ -247,6 +247,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
     validate_model(config.model, config.data.resolution, "config.data.resolution")
+    try:
+        text_shape(config.data)  # caption data: text_length and text_width
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
     schedule_from_config(config)
     check_pools_fit(config, "diffusion")
     if config.objective == "mcm":

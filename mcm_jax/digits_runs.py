@@ -120,6 +120,18 @@ class Stopped(Exception):
     """A run saved and stopped early (SIGTERM: a preemption notice, a time limit)."""
 
 
+def train_run(run: Run, run_dir: str, plan: progress.Plan, index: int) -> None:
+    """Trains (or resumes) `run` in `run_dir` as stage `index` of `plan`; raises `Stopped` when it
+    saved and stopped on a signal, so nothing is built on an unfinished run."""
+    with plan.run(index) as report:
+        state = train.train(run.config, run_dir, progress=report)
+    if int(state.step) < run.config.training.num_steps:
+        raise Stopped(
+            f"{run.name} saved step {int(state.step)} of {run.config.training.num_steps} and "
+            "stopped on a signal; rerun the same command to continue"
+        )
+
+
 def execute(runs: list[Run], workdir: str, plan: progress.Plan, first_stage: int = 0) -> int:
     """Trains and evaluates each run in <workdir>/<run.name> (resuming what is there), reporting
     to `plan` from stage `first_stage`; returns the index of the next stage. Raises `Stopped`
@@ -127,13 +139,7 @@ def execute(runs: list[Run], workdir: str, plan: progress.Plan, first_stage: int
     index = first_stage
     for run in runs:
         run_dir = str(epath.Path(workdir) / run.name)
-        with plan.run(index) as report:
-            state = train.train(run.config, run_dir, progress=report)
-        if int(state.step) < run.config.training.num_steps:
-            raise Stopped(
-                f"{run.name} saved step {int(state.step)} of {run.config.training.num_steps} and "
-                "stopped on a signal; rerun the same command to continue"
-            )
+        train_run(run, run_dir, plan, index)
         with plan.run(index + 1) as report:
             evaluate.evaluate(run.config, run_dir, progress=report)
         index += 2
