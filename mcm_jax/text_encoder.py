@@ -247,5 +247,11 @@ def write_tiny_encoder(
             hidden_dim=width, intermediate_dim=2 * width, dropout=0.0, activation="gelu",
             use_gated_activation=True, tie_embedding_weights=False,
         )
+    # KerasHub's initial token embeddings are nearly one vector (rows differ by ~6% of their
+    # norm), so a frozen random encoder could hardly tell prompts apart; a trained T5's rows are
+    # far apart. Independent standard normal rows stand in for that.
+    embedding = backbone.get_layer("token_embedding").embeddings
+    rows = np.random.default_rng(seed).standard_normal(tuple(embedding.shape))
+    embedding.assign(rows.astype(embedding.dtype))
     backbone.save_to_preset(os.fspath(directory))
     tokenizer.save_to_preset(os.fspath(directory))

@@ -31,7 +31,7 @@ from etils import epath
 from mcm_jax import data_config as data_config_lib
 from mcm_jax.datasets import digits_split
 
-VERSION = 1  # bump when the captions, ids or layout change: reuse compares it
+VERSION = 2  # bump when the captions, ids, encoder or layout change: reuse compares it
 RESOLUTION = 16  # the digits resolution the data set stores
 FORMS = ("numeral", "word")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
