@@ -31,7 +31,7 @@ from etils import epath
 from mcm_jax import data_config as data_config_lib
 from mcm_jax.datasets import digits_split
 
-VERSION = 2  # bump when the captions, ids, encoder or layout change: reuse compares it
+VERSION = 3  # bump when the captions, ids, encoder or layout change: reuse compares it
 RESOLUTION = 16  # the digits resolution the data set stores
 FORMS = ("numeral", "word")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -52,6 +52,23 @@ TRAIN_TEMPLATES = (
     "a pixelated number {d}",
     "a low resolution photo of a {d}",
     "digit {d} in grey",
+    # The digit at the start and in the middle too, so that its place in a prompt varies.
+    "{d} on a dark background",
+    "{d}, written by hand",
+    "{d} drawn with a thick pen",
+    "{d} (handwritten)",
+    "the {d} in this image",
+    "a {d} in the middle of the picture",
+    "this is a {d}",
+    "it shows a {d}",
+    "the character {d}, slightly tilted",
+    "a faint {d} on black",
+    "an untidy {d} from a form",
+    "a bold {d}",
+    "written digit: {d}",
+    "a thin {d} drawn quickly",
+    "a {d} written on a page",
+    "the {d} is centred",
 )
 HELD_OUT_TEMPLATES = (
     "a drawing of the numeral {d}",
@@ -172,7 +189,7 @@ def build(
     out_dir: epath.PathLike,
     *,
     seed: int = 0,
-    captions_per_image: int = 4,
+    captions_per_image: int = 8,
     encoder_dir: epath.PathLike | None = None,
 ) -> dict:
     """Writes the encoder (to out_dir/encoder, unless `encoder_dir` names an existing preset to
