@@ -31,11 +31,11 @@ from etils import epath
 from mcm_jax import data_config as data_config_lib
 from mcm_jax.datasets import digits_split
 
-VERSION = 3  # bump when the captions, ids, encoder or layout change: reuse compares it
+VERSION = 4  # bump when the captions, ids, encoder or layout change: reuse compares it
 RESOLUTION = 16  # the digits resolution the data set stores
 FORMS = ("numeral", "word")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-TRAIN_TEMPLATES = (
+_CORE_PHRASINGS = (
     "{d}",
     "a {d}",
     "the digit {d}",
@@ -70,13 +70,20 @@ TRAIN_TEMPLATES = (
     "a {d} written on a page",
     "the {d} is centred",
 )
+# Each core phrasing also comes with a lead-in and a tail, so that in training the digit's place
+# in the prompt and its neighbours vary widely: 5 x 5 x 32 = 800 training phrasings.
+_LEAD_INS = ("", "here is ", "look, ", "scan of ", "an example of ")
+_TAILS = ("", " on a form", ", centred", " at low resolution", " in black and white")
+TRAIN_TEMPLATES = tuple(
+    lead + core + tail for core in _CORE_PHRASINGS for lead in _LEAD_INS for tail in _TAILS
+)
 HELD_OUT_TEMPLATES = (
     "a drawing of the numeral {d}",
     "{d}, handwritten",
     "handwriting showing {d}",
     "a sketch of the figure {d}",
     "the symbol {d} penned quickly",
-    "someone's scrawled {d}",
+    "a person's scrawled {d}",
     "an inked {d} on paper",
     "my neat {d}",
 )
@@ -84,8 +91,8 @@ SPLITS = {"train": TRAIN_TEMPLATES, "test": TRAIN_TEMPLATES, "heldout": HELD_OUT
 # The tiny encoder: small and random (frozen features, as a pretrained T5 is to the model).
 ENCODER_WIDTH = 32
 ENCODER_LAYERS = 2
-ENCODER_VOCAB_SIZE = 128
-ENCODER_MAX_LENGTH = 32  # tokens the encoder reads; every caption must be shorter
+ENCODER_VOCAB_SIZE = 256
+ENCODER_MAX_LENGTH = 48  # tokens the encoder reads; every caption must be shorter
 ENCODE_BATCH_SIZE = 256
 MANIFEST = "build.json"
 
