@@ -23,6 +23,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/mcm_jax_test_compilation_cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# Keras on JAX (T5, CLIP), as mcm_jax/__init__.py sets it: a test module that imports TensorFlow
+# before mcm_jax would otherwise bring keras up on TensorFlow.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 # TensorFlow (input pipeline) must never take an accelerator, and keeps quiet in test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # gs:// paths in tests go to the local GCS emulator (fixture `gcs_emulator`) through gcsfs: epath
