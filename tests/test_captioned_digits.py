@@ -89,7 +89,7 @@ def test_data_config_fields():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One full build (seed 0, 4 captions per image) and its directory."""
+    """One full build (seed 0, the default 8 captions per image) and its directory."""
     out = tmp_path_factory.mktemp("captioned_digits")
     return out, cd.build(out)
 
@@ -102,7 +102,7 @@ def test_written_data_set(built):
 
     _, info = built
     sizes = {s: len(digits_split.split_indices(s)) for s in digits_split.SPLITS}
-    assert info["splits"] == {"train": 4 * sizes["train"], "test": sizes["test"],
+    assert info["splits"] == {"train": 8 * sizes["train"], "test": sizes["test"],
                               "heldout": sizes["test"]}
     assert (info["resolution"], info["text_width"]) == (16, cd.ENCODER_WIDTH)
     builder = tfds.builder_from_directory(info["data_dir"])
