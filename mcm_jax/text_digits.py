@@ -3,7 +3,7 @@ teacher and an 8-step CD student distilled from it under classifier-free guidanc
 
     python -m mcm_jax.text_digits --workdir=/tmp/text_digits [--out=docs] [--quick]
 
-Builds the captioned digits (mcm_jax.datasets.captioned_digits: captions from the labels in 16
+Builds the captioned digits (mcm_jax.datasets.captioned_digits: captions from the labels in 800
 training phrasings, a frozen tiny T5 with random weights as the text encoder), trains the teacher
 with prompt dropout, distils the student from the teacher guided at `guidance`, and samples both
 from the test digits' captions in the training phrasings ("seen") and in 8 phrasings never seen

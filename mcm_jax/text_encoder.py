@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from mcm_jax import files
+from mcm_jax import files, keras_backend
 
 EOS_ID = 1
 PAD_ID = 0
@@ -42,26 +42,8 @@ MASK_WARNING = ".*does not support masking"
 PRESET_FILES = ("config.json", "tokenizer.json", "assets/tokenizer/vocabulary.spm")
 
 
-# keras picks its backend at its first import, which TensorFlow or TFDS may trigger: importing
-# this module first puts keras on JAX.
-if "keras" not in sys.modules:
-    os.environ["KERAS_BACKEND"] = "jax"
-
-
 def _keras_on_jax() -> tuple[Any, Any]:
-    """keras and keras_hub, with keras on its JAX backend."""
-    if "keras" in sys.modules:
-        backend = sys.modules["keras"].backend.backend()
-        if backend != "jax":
-            raise RuntimeError(
-                f"keras was imported with the {backend!r} backend; the text encoder needs 'jax'. "
-                "Set KERAS_BACKEND=jax, or import mcm_jax.text_encoder before anything imports "
-                "keras."
-            )
-    import keras
-    import keras_hub
-
-    return keras, keras_hub
+    return keras_backend.import_keras_hub("the T5 text encoder")
 
 
 def check_preset_dir(directory: epath.PathLike) -> None:

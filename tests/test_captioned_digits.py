@@ -176,3 +176,70 @@ def test_build_reuses_rebuilds_and_refuses(built, tmp_path):
     assert not (partial / "data" / "stale").exists() and not (partial / "encoder").exists()
     assert rebuilt["splits"]["train"] == len(digits_split.split_indices("train"))
     assert json.loads((partial / cd.MANIFEST).read_text())["complete"]
+
+
+def _attention_probe_accuracy(train, held_out, *, steps=600, heads=4, dim=32, seed=0):
+    """Trains a one-query-per-head attention read-out (the shape of the network's text
+    cross-attention) from the token embeddings of `train` to their digits and returns its accuracy
+    on `held_out`; each is (embeddings (n, length, width), mask (n, length), digits (n,))."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    embeddings, mask, digits = (jnp.asarray(a) for a in train)
+    width = embeddings.shape[-1]
+    keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+    params = {
+        "query": jax.random.normal(keys[0], (heads, dim)),
+        "key": jax.random.normal(keys[1], (width, heads, dim)) / np.sqrt(width),
+        "value": jax.random.normal(keys[2], (width, heads, dim)) / np.sqrt(width),
+        "hidden": jax.random.normal(keys[3], (heads * dim, 64)) / np.sqrt(heads * dim),
+        "out": jax.random.normal(keys[4], (64, 10)) / 8,
+    }
+
+    def logits(params, embeddings, mask):
+        k = jnp.einsum("btw,whd->bthd", embeddings, params["key"])
+        v = jnp.einsum("btw,whd->bthd", embeddings, params["value"])
+        scores = jnp.einsum("hd,bthd->bht", params["query"], k) / np.sqrt(dim)
+        weights = jax.nn.softmax(jnp.where(mask[:, None], scores, -1e9), axis=-1)
+        read = jnp.einsum("bht,bthd->bhd", weights, v).reshape(len(embeddings), -1)
+        return jax.nn.gelu(read @ params["hidden"]) @ params["out"]
+
+    def loss(params, rows):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits(params, embeddings[rows], mask[rows]), digits[rows]).mean()
+
+    optimizer = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, state, rows):
+        updates, state = optimizer.update(jax.grad(loss)(params, rows), state)
+        return optax.apply_updates(params, updates), state
+
+    state, rng = optimizer.init(params), np.random.default_rng(seed)
+    for _ in range(steps):
+        params, state = step(params, state, rng.integers(0, len(digits), 256))
+    test_embeddings, test_mask, test_digits = held_out
+    return float(np.mean(np.argmax(logits(params, test_embeddings, test_mask), -1) == test_digits))
+
+
+@pytest.mark.slow
+def test_encoder_tells_the_digit_of_held_out_phrasings(built):
+    """The frozen random encoder is a usable stand-in for a pretrained T5: a small attention
+    read-out trained on the training phrasings finds the digit in the held-out phrasings, whose
+    unseen words sit next to it (at encoder width 32 it did so for 91-94% only, and the
+    miniature's teacher followed held-out prompts 86% of the time)."""
+    from mcm_jax import text_encoder
+
+    out, _ = built
+    encoder = text_encoder.TextEncoder.from_dir(
+        out / "encoder", max_length=cd.ENCODER_MAX_LENGTH, dtype="float32")
+
+    def embedded(templates):
+        captions = cd.all_captions(templates)
+        embeddings, lengths = encoder.encode(captions)
+        mask = np.arange(embeddings.shape[1]) < lengths[:, None]
+        return embeddings.astype(np.float32), mask, np.array([cd.prompted_digit(c) for c in captions])
+
+    assert _attention_probe_accuracy(embedded(cd.TRAIN_TEMPLATES),
+                                     embedded(cd.HELD_OUT_TEMPLATES)) >= 0.95

@@ -31,7 +31,7 @@ from etils import epath
 from mcm_jax import data_config as data_config_lib
 from mcm_jax.datasets import digits_split
 
-VERSION = 4  # bump when the captions, ids, encoder or layout change: reuse compares it
+VERSION = 5  # bump when the captions, ids, encoder or layout change: reuse compares it
 RESOLUTION = 16  # the digits resolution the data set stores
 FORMS = ("numeral", "word")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -88,8 +88,11 @@ HELD_OUT_TEMPLATES = (
     "my neat {d}",
 )
 SPLITS = {"train": TRAIN_TEMPLATES, "test": TRAIN_TEMPLATES, "heldout": HELD_OUT_TEMPLATES}
-# The tiny encoder: small and random (frozen features, as a pretrained T5 is to the model).
-ENCODER_WIDTH = 32
+# The tiny encoder: small and random (frozen features, as a pretrained T5 is to the model). At
+# width 32 its random token embeddings lie close enough that unseen words beside the digit blur it:
+# an attention probe trained on the training phrasings read the digit of 91-94% of held-out
+# captions; at 64, 98-100%.
+ENCODER_WIDTH = 64
 ENCODER_LAYERS = 2
 ENCODER_VOCAB_SIZE = 256
 ENCODER_MAX_LENGTH = 48  # tokens the encoder reads; every caption must be shorter

@@ -10,8 +10,8 @@ tensorflow-text, which this project never installs. Images are prepared as CLIP'
 preprocessing prepares PIL images: shorter side resized to the model's size (bicubic, antialiased,
 two passes rounded to uint8 as PIL does), centre crop as torchvision's, CLIP's mean and std.
 
-keras and keras_hub are imported only when a scorer is built (the core stays Keras-free), with
-KERAS_BACKEND=jax.
+keras and keras_hub are imported only when a scorer is built (the core stays Keras-free), on
+Keras's JAX backend (mcm_jax.keras_backend).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from mcm_jax import images as images_lib
+from mcm_jax import keras_backend
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,22 +55,7 @@ PRESET_HELP = (
 
 def import_keras() -> tuple[Any, Any]:
     """(keras, keras_hub) on Keras's JAX backend; fails clearly if keras runs another one."""
-    if "keras" not in sys.modules:
-        requested = os.environ.setdefault("KERAS_BACKEND", "jax")
-        if requested != "jax":
-            raise RuntimeError(
-                f"CLIP score runs KerasHub on Keras's JAX backend, but KERAS_BACKEND={requested!r}"
-                "; unset it or set KERAS_BACKEND=jax"
-            )
-    import keras
-    import keras_hub
-
-    if keras.backend.backend() != "jax":
-        raise RuntimeError(
-            f"CLIP score runs KerasHub on Keras's JAX backend, but keras was imported with the "
-            f"{keras.backend.backend()!r} backend; set KERAS_BACKEND=jax before keras is imported"
-        )
-    return keras, keras_hub
+    return keras_backend.import_keras_hub("CLIP score")
 
 
 # --- Tokenizer ---------------------------------------------------------------------------------
