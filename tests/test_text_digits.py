@@ -34,3 +34,28 @@ def test_quick_miniature_runs_reports_and_reuses_its_runs(tmp_path):
     assert (out / "text_digits.png").exists()
     again = text_digits.run(str(tmp_path / "work"), text_digits.QUICK, str(out))
     assert again == table  # finished runs and evaluations are reused, to the digit
+
+
+def test_a_teacher_stopped_by_a_signal_stops_the_miniature_before_anything_uses_it(
+    tmp_path, monkeypatch
+):
+    """SIGTERM makes the teacher's training save and return early: no evaluation, no student."""
+    import io
+    from types import SimpleNamespace
+
+    from mcm_jax import digits_runs
+    from mcm_jax.datasets import captioned_digits
+
+    info = {"data_dir": str(tmp_path / "data"), "text_length": 12, "text_width": 64,
+            "resolution": 16, "splits": {"train": 64, "test": 8, "heldout": 8}}
+    trained, evaluated = [], []
+    monkeypatch.setattr(captioned_digits, "build", lambda out_dir: info)
+    monkeypatch.setattr(text_digits.digits_classifier, "load_or_train", lambda *args: None)
+    monkeypatch.setattr(digits_runs.train, "train", lambda config, workdir, progress: (
+        trained.append(workdir), SimpleNamespace(step=5))[1])
+    monkeypatch.setattr(text_digits.evaluate, "evaluate", lambda *a, **k: evaluated.append(a))
+    with pytest.raises(digits_runs.Stopped, match="teacher saved step 5 of 8 and stopped"):
+        text_digits.run(str(tmp_path / "work"), text_digits.QUICK, str(tmp_path / "docs"),
+                        stream=io.StringIO())
+    assert trained == [str(tmp_path / "work" / "teacher")] and evaluated == []
+    assert not (tmp_path / "docs").exists()
