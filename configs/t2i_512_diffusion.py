@@ -1,6 +1,6 @@
 """Text-to-image diffusion teacher at 512 px (paper §5.2, appendix A.1, Table 6).
 
-    python -m mcm_jax.datasets.embed_text --source=tar:gs://BUCKET/laion/{00000..09999}.tar \
+    python -m mcm_jax.datasets.embed_text --source='tar:gs://BUCKET/laion/*.tar' \
         --encoder_dir=/path/to/t5_1.1_xxl --out=gs://BUCKET/captions_t5xxl --split=train
     python -m mcm_jax.main --config=configs/t2i_512_diffusion.py \
         --config.data.data_dir=gs://BUCKET/captions_t5xxl --workdir=gs://BUCKET/mcm/t2i_512
@@ -16,8 +16,9 @@ dropped (the empty prompt) for 10% of the examples so that the teacher can be gu
 The paper gives no optimizer, steps or prompt dropout for this model: ours are the ImageNet
 teacher's (Adam, lr 1e-4 after 1000 warm-up steps, gradient clipping 1, EMA 0.9999, batch 2048,
 500k steps), with parameters and optimizer state sharded over 8 devices (`mesh.fsdp`; 5.6B
-parameters). `--mode=eval` samples the 30k prompts of `eval.prompts_dir` with 256 DDIM steps and
-guidance 3, the paper's teacher baseline; `--config.eval.num_samples=5000` gives the 5k metric.
+parameters). `--mode=eval` samples 30k prompts (`eval.prompts_dir` and `eval.prompts_split`: COCO
+`restval`, docs/text_to_image.md) with 256 DDIM steps and guidance 3, the paper's teacher
+baseline; `--config.eval.num_samples=5000` gives the 5k metric.
 """
 
 from mcm_jax import presets

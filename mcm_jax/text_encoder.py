@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -191,24 +190,6 @@ class TextEncoder:
         return out, lengths
 
 
-@contextlib.contextmanager
-def _seeded(keras: Any, seed: int) -> Iterator[None]:
-    """keras.utils.set_random_seed(seed) for the block, then the global random states as they
-    were: it also seeds Python, numpy and TensorFlow globally, and a TensorFlow global seed
-    changes every seeded tf.data shuffle after it (the training order of a later run)."""
-    import random
-
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    keras.utils.set_random_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        if "tensorflow" in sys.modules:
-            sys.modules["tensorflow"].random.set_seed(None)
-
-
 def write_tiny_encoder(
     directory: epath.PathLike,
     corpus: Iterable[str],
@@ -239,7 +220,7 @@ def write_tiny_encoder(
         num_threads=1, minloglevel=2,
     )
     tokenizer = keras_hub.models.T5Tokenizer(proto=proto.getvalue())
-    with _seeded(keras, seed), warnings.catch_warnings():
+    with keras_backend.seeded(seed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=MASK_WARNING)
         backbone = keras_hub.models.T5Backbone(
             vocabulary_size=tokenizer.vocabulary_size(), num_layers=num_layers, num_heads=2,

@@ -79,7 +79,7 @@ class Trainer:
 
 def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndarray]:
     """`grid(params)`: `num_images` class-cycling samples (text models: of the first prompts of
-    data.eval_split) from `params` with the run's own sampler (run_setup.own_sampler), as uint8
+    the eval prompt set, eval.prompts_dir/prompts_split) from `params` with the run's own sampler (run_setup.own_sampler), as uint8
     NHWC. It is the eval job's batch sampler, built once so every grid of a run reuses one
     compiled program; the noise is config.seed's, the same at every step."""
     c = setup.config
@@ -88,7 +88,7 @@ def grid_sampler(setup: RunSetup, num_images: int) -> Callable[[Params], np.ndar
     sample_batch = setup.batch_sampler(setting, seed=c.seed, batch_size=batch_size)
     extra = ()
     if data_config.text_shape(c.data) is not None:
-        feed = prompts.PromptFeed(prompts.PromptSet(c.data), batch_size, setup.mesh)
+        feed = prompts.PromptFeed(prompts.eval_prompts(c), batch_size, setup.mesh)
         extra = (feed(0),)
 
     def grid(params: Params) -> np.ndarray:

@@ -176,6 +176,29 @@ def test_write_api_ids_and_mixed_examples(tmp_path, tiny_encoder):
         input_pipeline.validate(config, global_batch_size=8, process_count=1)
 
 
+def test_prompt_set_errors_name_the_eval_fields(tmp_path, tiny_encoder):
+    """Prompts from eval.prompts_dir/prompts_split: a mistake names those fields, not data.*."""
+    import ml_collections
+
+    from mcm_jax import data_config
+    from mcm_jax.eval import prompts
+
+    out = tmp_path / "prompts"
+    embedded_captions.write_embedded_captions(out, "coco", [(None, "one")], tiny_encoder)
+    config = ml_collections.ConfigDict({
+        "data": data_config.default_data_config("captions"),
+        "eval": {"prompts_dir": str(tmp_path / "missing"), "prompts_split": "coco"},
+    })
+    config.data.text_width = tiny_encoder.width
+    with pytest.raises(ValueError, match=r"^eval.prompts_dir='.*missing' holds no TFDS data set"):
+        prompts.eval_prompts(config)
+    config.eval.update(prompts_dir=str(out), prompts_split="val")
+    with pytest.raises(ValueError, match=r"^eval.prompts_split \(the prompts\)='val' cannot"):
+        prompts.eval_prompts(config)
+    config.eval.prompts_split = "coco"
+    assert list(prompts.eval_prompts(config).captions) == ["one"]
+
+
 def test_user_mistakes_name_the_flag(tmp_path, tiny_encoder_dir):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\n")
@@ -204,6 +227,56 @@ def test_user_mistakes_name_the_flag(tmp_path, tiny_encoder_dir):
         run(tiny_encoder_dir, out, f"prompts:{prompts}")
     with pytest.raises(SystemExit, match="--out: .*max_length=24, not 8"):
         run(tiny_encoder_dir, out, f"prompts:{prompts}", "--split=b", "--max_length=8")
+    for split in ("a+b", "x[:3]", "sub/dir"):  # TFDS would read these as split expressions
+        with pytest.raises(SystemExit, match="--split: .*letters, digits and underscores"):
+            run(tiny_encoder_dir, tmp_path / "other", f"prompts:{prompts}", f"--split={split}")
+    with pytest.raises(SystemExit, match="--out: .*is a file, not a directory"):
+        run(tiny_encoder_dir, prompts, f"prompts:{prompts}")
+    assert not (tmp_path / "other").exists()
+
+
+def test_out_holding_another_data_set_is_refused(tmp_path, tiny_encoder_dir, digits_data_dir):
+    (version_dir,) = (digits_data_dir / "digits" / "16x16").iterdir()
+    with pytest.raises(SystemExit, match="--out: .*holds the TFDS data set 'digits', not embedded"):
+        run(tiny_encoder_dir, version_dir, "prompts:unread.txt")
+
+
+def test_home_relative_encoder_dir(tmp_path, tiny_encoder_dir, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\n")
+    monkeypatch.setenv("HOME", str(tiny_encoder_dir.parent))
+    run(f"~/{tiny_encoder_dir.name}", tmp_path / "out", f"prompts:{prompts}")
+    assert embedded_captions.read_metadata(tmp_path / "out")["encoder_dir"] == str(tiny_encoder_dir)
+
+
+def test_an_interrupted_added_split_is_marked_and_refused(tmp_path, tiny_encoder_dir, tiny_encoder):
+    """A split added to an existing data set and interrupted stays marked incomplete: the reader
+    and a rerun of the command refuse it, and say what to do."""
+    out = tmp_path / "out"
+    embedded_captions.write_embedded_captions(out, "a", [(None, "one"), (None, "two")],
+                                              tiny_encoder, examples_per_shard=1)
+
+    def killed_after_four():
+        for index in range(6):
+            if index == 4:
+                raise KeyboardInterrupt
+            yield None, f"caption {index}"
+
+    with pytest.raises(KeyboardInterrupt):
+        embedded_captions.write_embedded_captions(out, "b", killed_after_four(), tiny_encoder,
+                                                  examples_per_shard=1)
+    assert embedded_captions.read_metadata(out)["incomplete_splits"] == ["b"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\n")
+    with pytest.raises(SystemExit, match="--out: .*split 'b' was interrupted; delete the directory"):
+        run(tiny_encoder_dir, out, f"prompts:{prompts}", "--split=b")
+    from mcm_jax import data_config, input_pipeline
+
+    config = data_config.default_data_config("captions")
+    config.update(data_dir=str(out), text_width=tiny_encoder.width, eval_split="b")
+    with pytest.raises(ValueError, match="data.eval_split='b': .*interrupted.*delete the directory"):
+        input_pipeline.validate(config, global_batch_size=8, process_count=1, split="b",
+                                images=False)
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def _read_caption(data: bytes, name: str) -> str:
 
 
 def folder_examples(root: str) -> Iterator[Example]:
-    """Images under `root` with their same-stem .txt captions; ids are paths relative to root.
+    """Images under `root` with their same-stem .txt captions; ids are their paths relative to
+    root without the extension.
     Every image is checked to have its caption before the first example is read."""
     base = epath.Path(root)
     if not base.is_dir():

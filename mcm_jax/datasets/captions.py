@@ -2,7 +2,7 @@
 captions' frozen T5 token embeddings, as the embedding command writes it (docs/data.md).
 
 The directory (local or gs://) is what `tfds.builder_from_directory` reads, with features
-  "image": Image (any size, JPEG or PNG; absent in prompt-only sets),
+  "image": Image (any size, JPEG, PNG, GIF or BMP; absent in prompt-only sets),
   "caption": Text,
   "text": Tensor (n, width) float16, the embeddings of the caption's n >= 1 real tokens,
 and maybe "id": Text. This module opens and checks such a directory and turns an example's
@@ -21,22 +21,26 @@ from mcm_jax.data_config import text_shape
 REQUIRED_FEATURES = ("caption", "text")
 
 
-def open_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """The data set in data.data_dir, after checking that it is caption data whose embeddings
-    are data.text_width wide; a ValueError names the field otherwise."""
+def open_builder(
+    data_config: ml_collections.ConfigDict, dir_field: str = "data.data_dir"
+) -> tfds.core.DatasetBuilder:
+    """The data set in data.data_dir (which the user set as config field `dir_field`), after
+    checking that it is caption data whose embeddings are data.text_width wide; a ValueError
+    names the field otherwise."""
     path = tfds.core.Path(data_config.data_dir)
+    where = f"{dir_field}='{data_config.data_dir}'"
     if not (path / "dataset_info.json").exists():
         raise ValueError(
-            f"data.data_dir='{data_config.data_dir}' holds no TFDS data set (no "
-            "dataset_info.json): set it to the directory the embedding command wrote, the one "
-            "with dataset_info.json and the record files (.../<name>/<version>)."
+            f"{where} holds no TFDS data set (no dataset_info.json): set it to the directory "
+            "the embedding command wrote (its --out), the one with dataset_info.json and the "
+            "record files."
         )
     builder = tfds.builder_from_directory(str(path))
     features = builder.info.features
     missing = [name for name in REQUIRED_FEATURES if name not in features]
     if missing:
         raise ValueError(
-            f"data.data_dir='{data_config.data_dir}' is not caption data: it lacks the "
+            f"{where} is not caption data: it lacks the "
             f"feature(s) {', '.join(missing)} (it has {', '.join(sorted(features))})."
         )
     _, width = text_shape(data_config)
@@ -44,7 +48,7 @@ def open_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
     if stored != width:
         raise ValueError(
             f"data.text_width={width} differs from the width of the text embeddings in "
-            f"data.data_dir='{data_config.data_dir}' ({stored}): set data.text_width={stored}."
+            f"{where} ({stored}): set data.text_width={stored}."
         )
     return builder
 
@@ -60,10 +64,11 @@ def check_split(
     field: str,
     *,
     images: bool,
+    dir_field: str = "data.data_dir",
 ) -> None:
     """Checks that the data set has `split` (named by config field `field`) and, if `images`,
     images; a ValueError says what it has instead."""
-    where = f"data.data_dir='{data_config.data_dir}'"
+    where = f"{dir_field}='{data_config.data_dir}'"
     try:
         builder.info.splits[split]
     except (KeyError, ValueError) as error:
@@ -75,7 +80,8 @@ def check_split(
     if {part.split("[")[0].strip() for part in split.split("+")} & set(interrupted):
         raise ValueError(
             f"{field}={split!r}: the embedding command was interrupted while writing this split "
-            f"of {where}; run it again for the split (it refuses to append), or use another split."
+            f"of {where}; delete the directory and write its splits again, or write this split "
+            "to another directory."
         )
     if images and not has_images(builder):
         raise ValueError(

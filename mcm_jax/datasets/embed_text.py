@@ -13,6 +13,7 @@ both in docs/data.md.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 
 from absl import flags, logging
@@ -20,6 +21,8 @@ from absl import flags, logging
 from mcm_jax import cli, paths
 
 FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+# A TFDS split name that is not also a split expression ("a+b", "x[:3]") or a path.
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
 flags.DEFINE_string("encoder_dir", None, "KerasHub T5 preset directory (local or gs://)",
                     flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output data set directory (local or gs://)", flag_values=FLAGS)
@@ -48,30 +51,30 @@ def main(argv: Sequence[str]) -> None:
     for name in ("max_length", "batch_size", "examples_per_shard"):
         if FLAGS[name].value < 1:
             raise SystemExit(f"--{name}: {FLAGS[name].value} < 1")
+    if not SPLIT_NAME.fullmatch(FLAGS.split):
+        raise SystemExit(f"--split: {FLAGS.split!r}: use letters, digits and underscores only")
 
-    from mcm_jax import text_encoder  # first: keras must be imported on its JAX backend
     from mcm_jax import input_pipeline  # noqa: F401  keeps TF off accelerators
+    from mcm_jax import text_encoder
     from mcm_jax.datasets import caption_sources, embedded_captions
 
+    encoder_dir = paths.resolve(FLAGS.encoder_dir)
     try:
-        text_encoder.check_preset_dir(FLAGS.encoder_dir)
+        text_encoder.check_preset_dir(encoder_dir)
     except ValueError as error:
         raise SystemExit(f"--encoder_dir: {error}") from None
     out = paths.resolve(FLAGS.out)
-    try:
+    try:  # cheap checks before loading the encoder (its width is checked when writing)
         existing = embedded_captions.read_metadata(out)
+        if existing is not None:
+            embedded_captions.check_compatible(
+                out, existing, {"encoder_dir": encoder_dir, "max_length": FLAGS.max_length},
+                FLAGS.split,
+            )
+    except embedded_captions.OutDirError as error:
+        raise SystemExit(f"--out: {error}") from None
     except Exception as error:  # anything TFDS cannot read as a data set
         raise SystemExit(f"--out: {out} exists but is not a readable data set ({error})") from None
-    encoder_dir = paths.resolve(FLAGS.encoder_dir)
-    if existing is not None:  # cheap checks before loading the encoder (width is checked later)
-        if FLAGS.split in existing["splits"]:
-            raise SystemExit(
-                f"--out: {out} already has split {FLAGS.split!r}; choose another --split"
-            )
-        for name, value in (("encoder_dir", encoder_dir), ("max_length", FLAGS.max_length)):
-            if existing[name] != value:
-                raise SystemExit(f"--out: {out} was written with {name}={existing[name]!r}, not "
-                                 f"{value!r}; write to another --out")
 
     try:
         examples = caption_sources.open_source(
@@ -99,7 +102,7 @@ def main(argv: Sequence[str]) -> None:
     except embedded_captions.OutDirError as error:
         raise SystemExit(f"--out: {error}") from None
     except ValueError as error:  # an example of the source (the split stays marked incomplete)
-        raise SystemExit(f"--source: {error}") from None
+        raise SystemExit(f"--source: {FLAGS.source}: {error}") from None
     print(f"{FLAGS.split}: {count} examples embedded with {FLAGS.encoder_dir} "
           f"(width {encoder.width}, max_length {encoder.max_length}) in {out}")
 

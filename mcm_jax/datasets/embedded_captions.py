@@ -83,12 +83,21 @@ def storable_image(data: bytes, name: str) -> bytes:
 
 
 def read_metadata(out_dir: epath.PathLike) -> dict | None:
-    """The metadata of the data set in `out_dir` (None if there is none)."""
+    """The metadata of the embedded caption set in `out_dir` (None if there is no data set);
+    OutDirError if `out_dir` is a file or holds another TFDS data set."""
     import tensorflow_datasets as tfds
 
-    if not (epath.Path(out_dir) / "dataset_info.json").exists():
+    path = epath.Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise OutDirError(f"{out_dir} is a file, not a directory")
+    if not (path / "dataset_info.json").exists():
         return None
     builder = tfds.builder_from_directory(os.fspath(out_dir))
+    if builder.info.name != NAME:
+        raise OutDirError(
+            f"{out_dir} holds the TFDS data set {builder.info.name!r}, not embedded captions; "
+            "write to another directory"
+        )
     return {
         **dict(builder.info.metadata or {}),
         "splits": sorted(builder.info.splits.keys()),
@@ -96,23 +105,25 @@ def read_metadata(out_dir: epath.PathLike) -> dict | None:
     }
 
 
-def _check_compatible(out_dir: str, existing: dict, wanted: dict, split: str) -> None:
-    """ValueError if a split cannot be added to the data set in `out_dir`."""
-    for key in ("encoder_dir", "max_length", "width", "with_images"):
-        if existing.get(key) != wanted[key]:
-            raise OutDirError(
-                f"{out_dir} holds a data set with {key}={existing.get(key)!r}, not "
-                f"{wanted[key]!r}; write to another directory"
-            )
+def check_compatible(out_dir: epath.PathLike, existing: dict, wanted: dict, split: str) -> None:
+    """OutDirError unless split `split` can be added to the data set in `out_dir`, whose
+    `read_metadata` is `existing`, by a run with `wanted` (a subset of encoder_dir, max_length,
+    width, with_images)."""
     if split in existing.get("incomplete_splits", []):
         raise OutDirError(
             f"{out_dir}: writing split {split!r} was interrupted; delete the directory and write "
-            "its splits again (or write this split to another directory)"
+            "its splits again, or write this split to another directory"
         )
     if split in existing["splits"]:
         raise OutDirError(
             f"{out_dir} already has split {split!r}; choose another split or directory"
         )
+    for key, value in wanted.items():
+        if existing.get(key) != value:
+            raise OutDirError(
+                f"{out_dir} holds a data set with {key}={existing.get(key)!r}, not {value!r}; "
+                "write to another directory"
+            )
 
 
 def _batches(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
@@ -159,7 +170,7 @@ def write_embedded_captions(
     }
     existing = read_metadata(out_dir)
     if existing is not None:
-        _check_compatible(out_dir, existing, wanted, split)
+        check_compatible(out_dir, existing, wanted, split)
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     metadata = {key: wanted[key] for key in ("encoder_dir", "max_length", "width")}
     incomplete = list((existing or {}).get("incomplete_splits", []))
@@ -174,6 +185,9 @@ def write_embedded_captions(
     writer = tfds.core.SequentialWriter(
         ds_info=info, max_examples_per_shard=examples_per_shard, overwrite=existing is None
     )
+    # Extending a data set, the writer reloads `info` from the directory, metadata included:
+    # mark the split incomplete again before anything is written.
+    info.metadata["incomplete_splits"] = incomplete + [split]
     writer.initialize_splits([split])
 
     start = last_log = time.monotonic()

@@ -33,7 +33,7 @@ def read(
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed, options=read_options(), try_autocache=False
     )
-    has_image = "image" in builder.info.features
+    has_image = captions.has_images(builder)
     ds = builder.as_dataset(
         split=split,
         shuffle_files=shuffle_seed is not None,

@@ -300,24 +300,24 @@ def write_tiny_clip(
     layers: int = 2, heads: int = 2, projection_dim: int = 8,
     words: Sequence[str] = ("a", "photo", "of", "the", "cat", "dog", "red", "blue"),
 ) -> str:
-    """Writes a randomly initialised tiny CLIP (weights drawn after keras.utils.set_random_seed(
-    seed)) as a KerasHub preset directory that `ClipScorer.from_dir` loads; returns it."""
+    """Writes a randomly initialised tiny CLIP (weights drawn under keras_backend.seeded(seed)) as
+    a KerasHub preset directory that `ClipScorer.from_dir` loads; returns it."""
     keras, keras_hub = import_keras()
     vocabulary, merges = tiny_vocabulary(words)
-    keras.utils.set_random_seed(seed)
     encoder_args = dict(
         hidden_dim=width, num_layers=layers, num_heads=heads, intermediate_dim=4 * width
     )
-    backbone = keras_hub.models.CLIPBackbone(
-        vision_encoder=keras_hub.models.CLIPVisionEncoder(
-            patch_size=patch_size, image_shape=(image_size, image_size, 3), **encoder_args
-        ),
-        text_encoder=keras_hub.models.CLIPTextEncoder(
-            vocabulary_size=len(vocabulary), embedding_dim=width, **encoder_args
-        ),
-        projection_dim=projection_dim,
-        dtype="float32",
-    )
+    with keras_backend.seeded(seed):
+        backbone = keras_hub.models.CLIPBackbone(
+            vision_encoder=keras_hub.models.CLIPVisionEncoder(
+                patch_size=patch_size, image_shape=(image_size, image_size, 3), **encoder_args
+            ),
+            text_encoder=keras_hub.models.CLIPTextEncoder(
+                vocabulary_size=len(vocabulary), embedding_dim=width, **encoder_args
+            ),
+            projection_dim=projection_dim,
+            dtype="float32",
+        )
     backbone.save_to_preset(directory)
     # KerasHub's own tokenizer saving needs tensorflow-text; this is the layout it writes.
     config = keras.saving.serialize_keras_object(keras_hub.models.CLIPTokenizer())

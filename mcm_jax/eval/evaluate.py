@@ -172,7 +172,7 @@ class _Job:
         self.clip = metrics.clip_scorer(e)
         self.prompts, self.prompt_feed = None, None
         if data_config.text_shape(config.data) is not None:
-            self.prompts = prompts.PromptSet(prompts.prompts_data_config(config))
+            self.prompts = prompts.eval_prompts(config)
             self.prompt_feed = prompts.PromptFeed(self.prompts, e.batch_size, setup.mesh)
         self.writer = multihost.metric_writer(str(root), asynchronous=False)
         self._samplers: dict[SamplerSetting, Any] = {}

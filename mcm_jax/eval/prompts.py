@@ -18,32 +18,36 @@ from jax.sharding import Mesh
 from mcm_jax import sharding
 
 
-def prompts_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """config.data with the prompt set of config.eval: eval.prompts_dir ("" keeps data.data_dir)
-    and eval.prompts_split ("" keeps data.eval_split)."""
+def eval_prompts(config: ml_collections.ConfigDict) -> PromptSet:
+    """The prompt set of config.eval: split eval.prompts_split ("": data.eval_split) of the
+    data in eval.prompts_dir ("": data.data_dir); errors name the field that was set."""
     data = ml_collections.ConfigDict(config.data.to_dict())
+    dir_field, split_field = "data.data_dir", "data.eval_split"
     if config.eval.prompts_dir:
-        data.data_dir = config.eval.prompts_dir
+        data.data_dir, dir_field = config.eval.prompts_dir, "eval.prompts_dir"
     if config.eval.prompts_split:
-        data.eval_split = config.eval.prompts_split
-    return data
+        data.eval_split, split_field = config.eval.prompts_split, "eval.prompts_split"
+    return PromptSet(data, dir_field=dir_field, split_field=split_field)
 
 
 class PromptSet:
-    """The prompts of `data.eval_split` of the caption data in `data.data_dir`."""
+    """The prompts of `data.eval_split` of the caption data in `data.data_dir` (errors name them
+    as `dir_field` and `split_field`, the config fields they came from)."""
 
-    def __init__(self, data: ml_collections.ConfigDict):
+    def __init__(
+        self, data: ml_collections.ConfigDict, *, dir_field: str = "data.data_dir",
+        split_field: str = "data.eval_split",
+    ):
         from mcm_jax.datasets import captions  # TensorFlow: the input side only
 
         self._data = data
-        self._builder = captions.open_builder(data)
-        captions.check_split(
-            self._builder, data, data.eval_split, "data.eval_split (the prompts)", images=False
-        )
+        self._builder = captions.open_builder(data, dir_field)
+        captions.check_split(self._builder, data, data.eval_split, f"{split_field} (the prompts)",
+                             images=False, dir_field=dir_field)
         records = self._records(with_captions=True).map(lambda r: r["caption"])
         self.captions = np.array([c.decode() for c in records.as_numpy_iterator()], dtype=object)
         if not len(self.captions):
-            raise ValueError(f"data.eval_split={data.eval_split!r} (the prompts) is empty")
+            raise ValueError(f"{split_field}={data.eval_split!r} (the prompts) is empty")
 
     def _records(self, *, with_captions: bool):
         from mcm_jax.data_config import dataset_spec
