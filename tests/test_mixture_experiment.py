@@ -53,6 +53,7 @@ def test_eight_student_steps_are_closer_to_exact_samples_than_one(short_run):
         assert row["8"] < 0.4 * row["1"], (method, row)
 
 
+@pytest.mark.slow  # the shortened run takes 11 s
 def test_eight_step_students_beat_eight_step_ddim_with_the_exact_denoiser(short_run):
     """DDIM with E[x|z] at 8 steps pulls samples in between the modes; the students learned the
     segment jumps instead. The pretrained teacher, also sampled by 8 DDIM steps, is about as bad
@@ -67,6 +68,7 @@ def test_eight_step_students_beat_eight_step_ddim_with_the_exact_denoiser(short_
     assert 0.75 * exact_ddim < w1["diffusion teacher, DDIM"]["8"] < 1.5 * exact_ddim, w1
 
 
+@pytest.mark.slow
 def test_the_table_has_a_row_per_sampler_and_a_column_per_step(short_run):
     table = mixture_experiment.format_table(short_run)
     assert "| W1 to exact samples | S = 1 | S = 8 |" in table
