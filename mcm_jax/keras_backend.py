@@ -8,13 +8,17 @@ before anything can import it. Only those two modules import keras, so the core 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
+
+WEIGHTS_FILES = ("model.weights.h5", "model.weights.json")  # whole, or sharded
 
 
 def import_keras_hub(user: str) -> tuple[Any, Any]:
@@ -58,3 +62,29 @@ def seeded(seed: int) -> Iterator[None]:
         tensorflow = sys.modules.get("tensorflow")  # None where its import is blocked
         if tensorflow is not None:
             tensorflow.random.set_seed(None)
+
+
+def check_preset_dir(
+    directory: epath.PathLike, *, files: Sequence[str], classes: Mapping[str, str], help: str
+) -> None:
+    """ValueError unless `directory` (local or gs://) holds a KerasHub preset: `files`, the
+    weights (WEIGHTS_FILES) and JSON configs `classes` naming their classes; `help` says what
+    is expected and how to get it."""
+    path = epath.Path(directory)
+    if not path.is_dir():
+        raise ValueError(f"{directory}: no such directory; expected {help}")
+    missing = [name for name in files if not (path / name).exists()]
+    if not any((path / name).exists() for name in WEIGHTS_FILES):
+        missing.append(WEIGHTS_FILES[0])
+    if missing:
+        raise ValueError(f"{directory} lacks {', '.join(missing)}; expected {help}")
+    for name, expected in classes.items():
+        try:
+            class_name = json.loads((path / name).read_text()).get("class_name")
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise ValueError(f"{directory}/{name} is not a KerasHub config ({error})") from None
+        if class_name != expected:
+            raise ValueError(
+                f"{directory}/{name} describes a {class_name!r}, not a {expected!r}; expected "
+                f"{help}"
+            )

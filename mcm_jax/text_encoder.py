@@ -47,20 +47,12 @@ def _keras_on_jax() -> tuple[Any, Any]:
 
 def check_preset_dir(directory: epath.PathLike) -> None:
     """Raises ValueError unless `directory` looks like a KerasHub T5 preset directory."""
-    path = epath.Path(directory)
-    if not path.is_dir():
-        raise ValueError(f"{directory}: no such directory (expected a KerasHub T5 preset)")
-    missing = [name for name in PRESET_FILES if not (path / name).exists()]
-    if not (path / "model.weights.h5").exists() and not (path / "model.weights.json").exists():
-        missing.append("model.weights.h5")
-    if missing:
-        raise ValueError(
-            f"{directory}: not a KerasHub T5 preset directory (missing {', '.join(missing)}); "
-            "make one with keras_hub's T5Backbone/T5Tokenizer .save_to_preset(DIR)"
-        )
-    config = (path / "config.json").read_text()
-    if '"T5Backbone"' not in config:
-        raise ValueError(f"{directory}: config.json is not a T5Backbone's (keras_hub T5 preset)")
+    keras_backend.check_preset_dir(
+        directory, files=PRESET_FILES,
+        classes={"config.json": "T5Backbone", "tokenizer.json": "T5Tokenizer"},
+        help="a KerasHub T5 preset directory: make one with keras_hub's "
+        "T5Backbone/T5Tokenizer .save_to_preset(DIR)",
+    )
 
 
 def _copy_tree(source: epath.Path, target: epath.Path) -> None:

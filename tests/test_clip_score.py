@@ -218,11 +218,11 @@ def test_tokenizer_matches_openai_clip_and_truncates(scorer):
 
 
 def test_bad_inputs_fail_clearly(tiny_dir, scorer, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no directory at .*KerasHub CLIP preset"):
+    with pytest.raises(ValueError, match="absent: no such directory; expected a KerasHub CLIP"):
         clip_score.ClipScorer.from_dir(str(tmp_path / "absent"))
     lacking = shutil.copytree(tiny_dir, tmp_path / "lacking")
     os.remove(lacking / "assets" / "tokenizer" / "merges.txt")
-    with pytest.raises(FileNotFoundError, match="lacks .*merges.txt"):
+    with pytest.raises(ValueError, match="lacks .*merges.txt"):
         clip_score.ClipScorer.from_dir(str(lacking))
     other = shutil.copytree(tiny_dir, tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
@@ -314,7 +314,7 @@ def test_eval_config_fields_and_metric(tiny_dir):
         with pytest.raises(ValueError, match=message):
             metrics.clip_scorer(bad)
     config.clip_dir = "/nonexistent/clip"
-    with pytest.raises(FileNotFoundError, match="config.eval.clip_dir: no directory"):
+    with pytest.raises(ValueError, match="config.eval.clip_dir: /nonexistent/clip: no such dir"):
         metrics.clip_scorer(config)
     config.clip_dir, config.clip_batch_size = tiny_dir, 4
     scorer = metrics.clip_scorer(config)

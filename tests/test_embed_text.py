@@ -209,7 +209,7 @@ def test_user_mistakes_name_the_flag(tmp_path, tiny_encoder_dir):
     out = tmp_path / "out"
     cases = [
         ((tmp_path / "nothing", out, f"prompts:{prompts}"), "--encoder_dir: .*no such directory"),
-        ((folder, out, f"prompts:{prompts}"), "--encoder_dir: .*not a KerasHub T5 preset"),
+        ((folder, out, f"prompts:{prompts}"), "--encoder_dir: .*lacks .*expected a KerasHub T5 preset"),
         ((tiny_encoder_dir, out, f"folder:{tmp_path / 'missing'}"),
          "--source: .*no such directory"),
         ((tiny_encoder_dir, out, f"folder:{folder}"), "--source: .*a.png: image without a caption"),

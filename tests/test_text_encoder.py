@@ -94,7 +94,13 @@ def test_bad_preset_dir_is_named(tmp_path):
     with pytest.raises(ValueError, match="no such directory"):
         text_encoder.TextEncoder.from_dir(tmp_path / "missing")
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a KerasHub T5 preset directory.*model.weights.h5"):
+    with pytest.raises(ValueError, match="lacks tokenizer.json, .*model.weights.h5; expected a "
+                                         "KerasHub T5 preset directory"):
+        text_encoder.TextEncoder.from_dir(tmp_path)
+    for name in ("tokenizer.json", "assets/tokenizer/vocabulary.spm", "model.weights.h5"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ValueError, match="config.json describes a None, not a 'T5Backbone'"):
         text_encoder.TextEncoder.from_dir(tmp_path)
 
 

@@ -40,10 +40,10 @@ WORD_PATTERN = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
     r"""[^\s\p{L}\p{N}]+"""
 )
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.weights.h5", "tokenizer.json"
+CONFIG_FILE, TOKENIZER_FILE = "config.json", "tokenizer.json"
 VOCABULARY_FILE = os.path.join("assets", "tokenizer", "vocabulary.json")
 MERGES_FILE = os.path.join("assets", "tokenizer", "merges.txt")
-PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, VOCABULARY_FILE, MERGES_FILE)
+PRESET_FILES = (CONFIG_FILE, TOKENIZER_FILE, VOCABULARY_FILE, MERGES_FILE)  # and the weights
 DEFAULT_PRESET = "clip_vit_large_patch14"  # ViT-L/14 at 224 px, the usual text-to-image CLIP
 PRESET_HELP = (
     "a KerasHub CLIP preset directory; make one on a machine with internet (docs/eval.md):\n"
@@ -187,22 +187,10 @@ def preprocess(images_uint8: jax.Array, size: int) -> jax.Array:
 
 def check_preset_dir(directory: str) -> None:
     """Fails, naming what is wrong, unless `directory` holds a KerasHub CLIP preset."""
-    if not directory or not os.path.isdir(directory):
-        raise FileNotFoundError(f"no directory at {directory!r}; expected {PRESET_HELP}")
-    missing = [name for name in PRESET_FILES if not os.path.isfile(os.path.join(directory, name))]
-    if missing:
-        raise FileNotFoundError(f"{directory} lacks {missing}; expected {PRESET_HELP}")
-    for name, expected in ((CONFIG_FILE, "CLIPBackbone"), (TOKENIZER_FILE, "CLIPTokenizer")):
-        try:
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                class_name = json.load(f).get("class_name")
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise ValueError(f"{directory}/{name} is not a KerasHub config: {error}") from error
-        if class_name != expected:
-            raise ValueError(
-                f"{directory}/{name} describes a {class_name!r}, not a {expected!r}; expected "
-                + PRESET_HELP
-            )
+    keras_backend.check_preset_dir(
+        directory, files=PRESET_FILES,
+        classes={CONFIG_FILE: "CLIPBackbone", TOKENIZER_FILE: "CLIPTokenizer"}, help=PRESET_HELP,
+    )
 
 
 def mean_clip_score(scores: np.ndarray) -> float:
