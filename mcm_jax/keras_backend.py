@@ -12,11 +12,14 @@ import json
 import os
 import random
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from etils import epath
+
+from mcm_jax import files as files_lib
 
 WEIGHTS_FILES = ("model.weights.h5", "model.weights.json")  # whole, or sharded
 
@@ -88,3 +91,20 @@ def check_preset_dir(
                 f"{directory}/{name} describes a {class_name!r}, not a {expected!r}; expected "
                 f"{help}"
             )
+
+
+@contextlib.contextmanager
+def local_preset(directory: epath.PathLike) -> Iterator[str]:
+    """The preset `directory` as a local path for KerasHub's loaders: a local one as itself
+    (absolute, ~ expanded), a gs:// one copied to a temporary directory for the block."""
+    name = os.fspath(directory)
+    if "://" not in name:
+        yield os.path.abspath(os.path.expanduser(name))
+        return
+    source = epath.Path(directory)
+    with tempfile.TemporaryDirectory(prefix="keras_preset_") as local:
+        for item in files_lib.walk_files(source):
+            target = epath.Path(local) / item.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            item.copy(target)
+        yield local

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from mcm_jax import files, keras_backend
+from mcm_jax import keras_backend
 
 EOS_ID = 1
 PAD_ID = 0
@@ -53,14 +52,6 @@ def check_preset_dir(directory: epath.PathLike) -> None:
         help="a KerasHub T5 preset directory: make one with keras_hub's "
         "T5Backbone/T5Tokenizer .save_to_preset(DIR)",
     )
-
-
-def _copy_tree(source: epath.Path, target: epath.Path) -> None:
-    """Copies every file under `source` (gs:// or local) to the local `target`."""
-    for item in files.walk_files(source):
-        destination = target / item.relative_to(source)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        item.copy(destination)
 
 
 def _load_encoder(local_dir: str, dtype: str) -> tuple[Any, Any]:
@@ -137,14 +128,11 @@ class TextEncoder:
         copied to a local temporary directory), its variables in `dtype`."""
         _check_sizes(max_length, batch_size)
         check_preset_dir(directory)
+        with keras_backend.local_preset(directory) as local:
+            encoder, tokenizer = _load_encoder(local, dtype)
         name = os.fspath(directory)
         if "://" not in name:
             name = os.path.abspath(os.path.expanduser(name))
-            encoder, tokenizer = _load_encoder(name, dtype)
-        else:
-            with tempfile.TemporaryDirectory(prefix="t5_preset_") as local:
-                _copy_tree(epath.Path(directory), epath.Path(local))
-                encoder, tokenizer = _load_encoder(local, dtype)
         return cls(encoder, tokenizer, directory=name, max_length=max_length, batch_size=batch_size)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ preprocessing with PIL and numpy, the token ids with OpenAI's simple_tokenizer a
 import functools
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -322,3 +323,16 @@ def test_eval_config_fields_and_metric(tiny_dir):
     images = _images(5)
     scores = scorer.scores(images, CAPTIONS[:5])
     assert metrics.mean_clip_score(scores) == pytest.approx(scores.mean())
+
+
+def test_gcs_preset_dir(tiny_dir, scorer, gcs_dir):
+    """A preset on gs:// is copied locally and scores exactly as the local one."""
+    for file in pathlib.Path(tiny_dir).rglob("*"):
+        if file.is_file():
+            target = gcs_dir / file.relative_to(tiny_dir).as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    remote = clip_score.ClipScorer.from_dir(str(gcs_dir), batch_size=scorer.batch_size)
+    images = _images(3)
+    np.testing.assert_array_equal(remote.scores(images, CAPTIONS[:3]),
+                                  scorer.scores(images, CAPTIONS[:3]))

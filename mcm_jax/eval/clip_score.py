@@ -229,12 +229,15 @@ class ClipScorer:
     @classmethod
     def from_dir(cls, directory: str, *, batch_size: int = 64,
                  precision: str = "highest") -> ClipScorer:
-        """The scorer of a local KerasHub CLIP preset directory (float32 weights)."""
+        """The scorer of a KerasHub CLIP preset directory (local or gs://, which is first copied
+        to a local temporary directory), in float32."""
         check_preset_dir(directory)
         _, keras_hub = import_keras()
-        backbone = keras_hub.models.CLIPBackbone.from_preset(directory, dtype="float32")
-        context = int(backbone.text_encoder.max_sequence_length)
-        return cls(backbone, ClipTokenizer.from_dir(directory, context), batch_size, precision)
+        with keras_backend.local_preset(directory) as local:
+            backbone = keras_hub.models.CLIPBackbone.from_preset(local, dtype="float32")
+            context = int(backbone.text_encoder.max_sequence_length)
+            tokenizer = ClipTokenizer.from_dir(local, context)
+        return cls(backbone, tokenizer, batch_size, precision)
 
     def cosines(self, images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         """(n,) float32 cosine similarities of each image's and its caption's CLIP embedding."""
