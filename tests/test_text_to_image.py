@@ -37,8 +37,8 @@ def _teacher_config(caption_dir, width):
     config.data = data_config.default_data_config("captions")
     config.data.update(
         data_dir=str(caption_dir), resolution=16, text_length=8, text_width=width,
-        eval_split="train", shuffle_buffer=32,
-    )
+        shuffle_buffer=32,
+    )  # data.eval_split stays "validation", which the training set lacks: prompts come from eval.*
     config.diffusion.label_dropout = 0.2
     config.training.update(
         batch_size=8, num_steps=4, log_every=2, checkpoint_every=4, sample_every=4,
