@@ -246,7 +246,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"config.model.name: {config.model.name!r} is not one of {NAMES}; choose the network "
         "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
-    validate_model(config.model, config.data.resolution, "config.data.resolution")
+    try:
+        validate_model(config.model, config.data.resolution, "config.data.resolution")
+    except ValueError as error:  # the model's checks name its fields without the prefix
+        message = str(error)
+        raise ValueError(message if message.startswith("config.") else f"config.model.{message}")
     try:
         text_shape(config.data)  # caption data: text_length and text_width
     except ValueError as e:
@@ -266,6 +270,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"config.training.{field}: must be an integer >= 1, got {t[field]!r}",
         )
     _require(t.sample_every >= 0, f"config.training.sample_every: must be >= 0, got {t.sample_every}")
+    if t.sample_every:
+        for field in ("sample_images", "sample_steps"):
+            _require(
+                isinstance(t[field], int) and t[field] >= 1,
+                f"config.training.{field}: must be an integer >= 1 while sample_every > 0, got "
+                f"{t[field]!r} (sample_every=0 draws no sample grids)",
+            )
     _require(
         isinstance(t.profile_steps, int) and t.profile_steps >= 0,
         f"config.training.profile_steps: must be an integer >= 0, got {t.profile_steps!r}",
@@ -280,7 +291,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"config.training.sample_method: {t.sample_method!r} is not one of {SAMPLERS}",
     )
     _require(
-        len(config.ema_decays) >= 1 and all(0.0 <= d < 1.0 for d in config.ema_decays),
+        len(config.ema_decays) >= 1
+        and all(isinstance(d, (int, float)) and 0.0 <= d < 1.0 for d in config.ema_decays),
         f"config.ema_decays: need at least one decay in [0, 1), got {tuple(config.ema_decays)}",
     )
     _require(

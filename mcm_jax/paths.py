@@ -37,11 +37,18 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
 
 
 def resolve_workdir(workdir: str | None) -> str:
-    """The absolute --workdir; refuses an empty one and one that is a file."""
+    """The absolute --workdir; refuses an empty one, one that is (or lies under) a file, and one
+    whose storage cannot be reached (a gs:// bucket without network or credentials)."""
     if not workdir:
         raise ValueError("--workdir: empty; give the run's directory (local or gs://)")
     resolved = resolve(workdir)
-    path = epath.Path(resolved)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"--workdir: {resolved} is a file, not a directory")
+    try:
+        nearest = next((p for p in (epath.Path(resolved), *epath.Path(resolved).parents)
+                        if p.exists()), None)  # the workdir or its nearest existing parent
+        is_file = nearest is not None and not nearest.is_dir()
+    except Exception as error:  # an OSError, or tf.errors.OpError from TensorFlow's GCS client
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ValueError(f"--workdir: cannot reach {resolved} ({first_line})") from None
+    if is_file:
+        raise NotADirectoryError(f"--workdir: {nearest} is a file, not a directory")
     return resolved

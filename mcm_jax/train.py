@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from mcm_jax import (
@@ -133,6 +134,11 @@ def train(
     watcher = preemption.PreemptionWatcher(ckpt.manager, ckpt.latest_step() or 0)
     with watcher:
         state, data_state = _initial_state(trainer, ckpt, teacher_params)
+        if int(state.step) >= t.num_steps:
+            logging.warning(
+                "nothing to train: the run in %s is at step %d and config.training.num_steps is "
+                "%d; raise num_steps to train further", workdir, int(state.step), t.num_steps,
+            )
         state = _train_loop(
             config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params,
             progress or (lambda done, total: None),

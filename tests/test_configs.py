@@ -344,3 +344,30 @@ def test_cosine_decay_needs_steps_after_the_warm_up():
     config.training.num_steps = config.optimizer.warmup_steps
     with pytest.raises(ValueError, match=r"config.optimizer.warmup_steps: 100 leaves no steps"):
         config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("training.sample_images", 0,
+         r"config.training.sample_images: must be an integer >= 1 while sample_every > 0, got 0"),
+        ("training.sample_steps", 0,
+         r"config.training.sample_steps: must be an integer >= 1 while sample_every > 0, got 0"),
+        ("ema_decays", ("abc",), r"config.ema_decays: need at least one decay in \[0, 1\)"),
+        ("model.dtype", "bfloat61", r"config.model.dtype: 'bfloat61' is not one of"),
+        ("model.level_channels", (64,), r"config.model.level_kinds, level_channels, "),
+    ],
+)
+def test_mistakes_caught_at_start_name_the_whole_field(field, value, message):
+    """Values that used to fail only mid-run (sample grids) or without the field's group."""
+    from mcm_jax import presets
+
+    config = presets.digits_diffusion("model=tiny")
+    config.training.sample_every = 5
+    group, name = field.rsplit(".", 1) if "." in field else ("", field)
+    (config[group] if group else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(config, num_devices=1)
+    config.training.sample_every = 0  # no grids: their settings do not matter
+    if field.startswith("training."):
+        config_lib.validate(config, num_devices=1)

@@ -70,6 +70,8 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
          r"config.diffusion: huber_c must be > 0"),
         (TEACHER, ["--workdir="], r"--workdir: empty"),
         (TEACHER, ["--workdir={tmp}/a_file"], r"--workdir: \S+/a_file is a file, not a directory"),
+        (TEACHER, ["--workdir={tmp}/a_file/run"],
+         r"--workdir: \S+/a_file is a file, not a directory"),
         (STUDENT, ["--config.teacher.workdir={tmp}/a_file"],
          r"config.teacher.workdir: '\S+/a_file' is a file"),
         (STUDENT, ["--config.teacher.workdir={tmp}/student_run"],
@@ -77,8 +79,8 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
         (STUDENT, ["--config.teacher.workdir={tmp}/untrained_teacher"],
          r"config.teacher.workdir: no checkpoints in \S+/untrained_teacher"),
     ],
-    ids=["huber_c", "empty_workdir", "workdir_is_a_file", "teacher_is_a_file",
-         "teacher_is_a_student", "teacher_without_checkpoints"],
+    ids=["huber_c", "empty_workdir", "workdir_is_a_file", "workdir_under_a_file",
+         "teacher_is_a_file", "teacher_is_a_student", "teacher_without_checkpoints"],
 )
 def test_bad_input_is_refused_before_the_workdir_is_written(
     tmp_path, digits_data_dir, config, args, message
