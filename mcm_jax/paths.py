@@ -36,12 +36,26 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
             config[group][name] = resolve(config[group][name])
 
 
-def resolve_workdir(workdir: str | None) -> str:
-    """The absolute --workdir; refuses an empty one and one that is a file."""
-    if not workdir:
-        raise ValueError("--workdir: empty; give the run's directory (local or gs://)")
-    resolved = resolve(workdir)
-    path = epath.Path(resolved)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"--workdir: {resolved} is a file, not a directory")
+def resolve_directory(path: str | None, flag: str) -> str:
+    """The absolute `path` that --`flag` names, a directory there or one that can be made; refuses
+    an empty one and one that is (or, locally, lies under) a file."""
+    if not path:
+        raise ValueError(f"--{flag}: empty; give a directory (local or gs://)")
+    resolved = resolve(path)
+    p = epath.Path(resolved)
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"--{flag}: {resolved} is a file, not a directory")
+    if "://" not in resolved:
+        parent = p.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(
+                f"--{flag}: {resolved} cannot be a directory: {parent} is a file"
+            )
     return resolved
+
+
+def resolve_workdir(workdir: str | None) -> str:
+    """The absolute --workdir (`resolve_directory`)."""
+    return resolve_directory(workdir, "workdir")
