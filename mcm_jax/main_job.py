@@ -20,10 +20,10 @@ import sys
 import time
 from typing import TextIO
 
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 
-from mcm_jax import digits_runs, paths, progress, results_picture, results_table
+from mcm_jax import cli, digits_runs, paths, progress, results_picture, results_table
 
 STUDENTS = (("cd", 1), ("cd", 2), ("cd", 4), ("cd", 8), ("ct", 8))
 TEACHER_SWEEP = (1, 2, 4, 8, 16, 64)
@@ -151,7 +151,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", "/tmp/mcm_local", "Where runs, data and results go.")
     flags.DEFINE_bool("quick", False, "Tiny network and a few steps: checks the whole path.")
     flags.DEFINE_enum("model", defaults.model, ["digits", "tiny"], "The network.")
-    flags.DEFINE_integer("teacher_steps", defaults.teacher_steps, "Teacher training steps.")
-    flags.DEFINE_integer("student_steps", defaults.student_steps, "Training steps of each student.")
-    flags.DEFINE_integer("samples", defaults.samples, "Samples per evaluated sampler.")
-    app.run(main)
+    flags.DEFINE_integer("teacher_steps", defaults.teacher_steps, "Teacher training steps.",
+                         lower_bound=1)
+    flags.DEFINE_integer("student_steps", defaults.student_steps,
+                         "Training steps of each student.", lower_bound=1)
+    flags.DEFINE_integer("samples", defaults.samples, "Samples per evaluated sampler.",
+                         lower_bound=1)
+    cli.run(main)

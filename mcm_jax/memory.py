@@ -34,7 +34,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, hardware, losses, run_setup, sharding, train_step
+from mcm_jax import cli, config_lib, hardware, losses, run_setup, sharding, train_step
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 
 REMAT_POLICIES = ("none", *CHECKPOINT_POLICIES)
@@ -167,15 +167,19 @@ def main(argv):
     for remat in FLAGS.remat:
         if remat not in REMAT_POLICIES:
             raise app.UsageError(f"--remat: {remat!r} is not one of {REMAT_POLICIES}")
-    chip = hardware.chip_by_name(FLAGS.chip) if FLAGS.chip else None
+    try:
+        chip = hardware.chip_by_name(FLAGS.chip) if FLAGS.chip else None
+    except ValueError as e:
+        raise app.UsageError(f"--chip: {e}") from None
     result = report(FLAGS.config, FLAGS.devices, tuple(FLAGS.remat))
     print(format_report(result, chip), flush=True)
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
-    flags.DEFINE_integer("devices", 8, "Devices of the planned mesh (nothing runs on them).")
+    flags.DEFINE_integer("devices", 8, "Devices of the planned mesh (nothing runs on them).",
+                         lower_bound=1)
     flags.DEFINE_string("chip", "", "Chip whose HBM to compare with: v4, v5e, v5p, h100, ...")
     flags.DEFINE_list("remat", list(REMAT_POLICIES), "Remat policies to report.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

@@ -36,19 +36,27 @@ def resolve_config_paths(config: ml_collections.ConfigDict) -> None:
             config[group][name] = resolve(config[group][name])
 
 
-def resolve_workdir(workdir: str | None) -> str:
-    """The absolute --workdir; refuses an empty one, one that is (or lies under) a file, and one
-    whose storage cannot be reached (a gs:// bucket without network or credentials)."""
-    if not workdir:
-        raise ValueError("--workdir: empty; give the run's directory (local or gs://)")
-    resolved = resolve(workdir)
+def resolve_directory(path: str | None, flag: str) -> str:
+    """The absolute `path` that --`flag` names, a directory there or one that can be made; refuses
+    an empty one, one that is (or lies under) a file, and one whose storage cannot be reached (a
+    gs:// bucket without network or credentials)."""
+    if not path:
+        raise ValueError(f"--{flag}: empty; give a directory (local or gs://)")
+    resolved = resolve(path)
     try:
         nearest = next((p for p in (epath.Path(resolved), *epath.Path(resolved).parents)
-                        if p.exists()), None)  # the workdir or its nearest existing parent
+                        if p.exists()), None)  # the directory or its nearest existing parent
         is_file = nearest is not None and not nearest.is_dir()
     except Exception as error:  # an OSError, or tf.errors.OpError from TensorFlow's GCS client
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ValueError(f"--workdir: cannot reach {resolved} ({first_line})") from None
+        raise ValueError(f"--{flag}: cannot reach {resolved} ({first_line})") from None
+    if is_file and str(nearest) == resolved:
+        raise NotADirectoryError(f"--{flag}: {resolved} is a file, not a directory")
     if is_file:
-        raise NotADirectoryError(f"--workdir: {nearest} is a file, not a directory")
+        raise NotADirectoryError(f"--{flag}: {resolved} cannot be a directory: {nearest} is a file")
     return resolved
+
+
+def resolve_workdir(workdir: str | None) -> str:
+    """The absolute --workdir (`resolve_directory`)."""
+    return resolve_directory(workdir, "workdir")

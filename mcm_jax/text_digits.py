@@ -18,10 +18,10 @@ import dataclasses
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-from mcm_jax import digits_classifier, digits_runs, images, paths, progress
+from mcm_jax import cli, digits_classifier, digits_runs, images, paths, progress
 from mcm_jax.datasets import captioned_digits
 from mcm_jax.eval import evaluate
 
@@ -210,7 +210,7 @@ def main(argv):
         teacher_steps=FLAGS.teacher_steps, student_steps=FLAGS.student_steps,
         guidance=FLAGS.guidance,
     )
-    out = FLAGS.out or workdir
+    out = paths.resolve_directory(FLAGS.out, "out") if FLAGS.out else workdir
     terminal = quiet_terminal(epath.Path(workdir) / "text_digits.log")
     try:
         table = run(workdir, budget, out, stream=terminal)
@@ -226,8 +226,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "", "Where text_digits.md and .png go (default: the workdir).")
     flags.DEFINE_bool("quick", False, "Tiny network and a few steps: checks the whole path.")
     defaults = Budget()
-    flags.DEFINE_integer("teacher_steps", defaults.teacher_steps, "Teacher training steps.")
-    flags.DEFINE_integer("student_steps", defaults.student_steps, "Student training steps.")
+    flags.DEFINE_integer("teacher_steps", defaults.teacher_steps, "Teacher training steps.",
+                         lower_bound=1)
+    flags.DEFINE_integer("student_steps", defaults.student_steps, "Student training steps.",
+                         lower_bound=1)
     flags.DEFINE_float("guidance", defaults.guidance,
                        "Guidance weight of the teacher's samples and of the student's teacher.")
-    app.run(main)
+    cli.run(main)

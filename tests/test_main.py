@@ -71,7 +71,7 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
         (TEACHER, ["--workdir="], r"--workdir: empty"),
         (TEACHER, ["--workdir={tmp}/a_file"], r"--workdir: \S+/a_file is a file, not a directory"),
         (TEACHER, ["--workdir={tmp}/a_file/run"],
-         r"--workdir: \S+/a_file is a file, not a directory"),
+         r"--workdir: \S+/a_file/run cannot be a directory: \S+/a_file is a file"),
         (STUDENT, ["--config.teacher.workdir={tmp}/a_file"],
          r"config.teacher.workdir: '\S+/a_file' is a file"),
         (STUDENT, ["--config.teacher.workdir={tmp}/student_run"],

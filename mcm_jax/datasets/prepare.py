@@ -8,11 +8,15 @@ Equivalent to `tfds build`, whose command line in TFDS 4.9 also needs apache-bea
 Names are TFDS names: imagenet2012, imagenet_resized/64x64, cifar10, digits/16x16, ...
 """
 
+from __future__ import annotations
+
+import difflib
 from collections.abc import Sequence
 
 from absl import app, flags
+from etils import epath
 
-from mcm_jax import cli
+from mcm_jax import cli, paths
 
 FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's)", flag_values=FLAGS)
@@ -28,17 +32,43 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"expected one TFDS name (digits/16x16, ...), got {positional}")
     (name,) = positional
 
+    data_dir = paths.resolve_directory(FLAGS.data_dir, "data_dir") if FLAGS.data_dir else None
     import tensorflow_datasets as tfds
 
-    from mcm_jax import input_pipeline  # noqa: F401  keeps TF off accelerators; registers digits
+    from mcm_jax import input_pipeline  # keeps TF off accelerators; registers digits
 
-    builder = tfds.builder(name, data_dir=FLAGS.data_dir)
+    builder = _builder(name, data_dir)
+    if name.split("/")[0] == "imagenet2012" and not builder.is_prepared():
+        manual_dir = epath.Path(FLAGS.manual_dir or builder.data_dir_root / "downloads" / "manual")
+        needed = input_pipeline.IMAGENET_MANUAL_FILES
+        missing = [f for f in needed if not (manual_dir / f).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"imagenet2012 needs {' and '.join(needed)} (from https://image-net.org) in "
+                f"{manual_dir} (--manual_dir; default DATA_DIR/downloads/manual); missing: "
+                f"{', '.join(missing)}"
+            )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=FLAGS.manual_dir)
     )
     sizes = ", ".join(f"{s}: {i.num_examples}" for s, i in builder.info.splits.items())
     print(f"{name} prepared in {builder.data_dir} ({sizes})")
 
+
+def _builder(name: str, data_dir: str | None):
+    """tfds.builder(name); an unknown name or config is a usage error naming the closest ones
+    (checked offline: TFDS looks an unknown name up in its community index on the network)."""
+    import tensorflow_datasets as tfds
+
+    dataset = name.partition("/")[0]
+    known = tfds.list_builders(with_community_datasets=False)
+    if dataset in known:
+        try:
+            return tfds.builder(name, data_dir=data_dir)
+        except ValueError:  # an unknown config
+            known = [f"{dataset}/{c.name}" for c in tfds.builder_cls(dataset).BUILDER_CONFIGS]
+    closest = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or known[:3]
+    raise app.UsageError(f"{name}: not a TFDS data set; closest: {', '.join(closest)}")
 
 if __name__ == "__main__":
     cli.run(main, FLAGS)

@@ -63,20 +63,26 @@ def _define_flags() -> None:
     flags.DEFINE_string("weights", None, "converted FID Inception .npz (its .sha256 beside it)")
     flags.DEFINE_string("output", None, "the statistics .npz to write")
     flags.DEFINE_string("split", None, "TFDS split; default: the pipeline's eval split")
-    flags.DEFINE_integer("num_examples", None, "images to use; default: the whole split")
-    flags.DEFINE_integer("batch_size", 256, "global batch; must divide by the device count")
+    flags.DEFINE_integer("num_examples", None, "images to use; default: the whole split",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 256, "global batch; must divide by the device count",
+                         lower_bound=1)
     flags.mark_flags_as_required(["config", "weights", "output"])
 
 
 def _main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     args = flags.FLAGS
+    try:
+        params = weights.load_inception_params(args.weights)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--weights: {e}") from None
     mu, sigma, count = compute_reference_statistics(
         args.config.data,
-        weights.load_inception_params(args.weights),
+        params,
         batch_size=args.batch_size,
         split=args.split,
         num_examples=args.num_examples,
@@ -86,7 +92,7 @@ def _main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from mcm_jax import cli
 
     _define_flags()
-    app.run(_main)
+    cli.run(_main)
