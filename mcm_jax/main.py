@@ -20,19 +20,12 @@ from typing import NoReturn
 
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from mcm_jax import config_lib, paths
+from mcm_jax import main_flags, paths
 
-VERBOSE_ENV = "MCM_JAX_VERBOSE"
+VERBOSE_ENV = main_flags.VERBOSE_ENV
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples (local or gs://).")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or run the eval job.")
-flags.DEFINE_bool(
-    "verbose", False, f"Show the traceback of a user error, not only its message ({VERBOSE_ENV}=1 too)."
-)
-flags.mark_flags_as_required(["config", "workdir"])
+main_flags.define_flags(FLAGS)
 
 # What the project raises for a user's mistake or a fault of the run's files.
 USER_ERRORS = (
@@ -40,13 +33,6 @@ USER_ERRORS = (
     FloatingPointError,
 )
 COMMAND_LINE_ERROR, RUN_ERROR = 2, 1
-# config.model.name says which named network the config file filled config.model from; setting it
-# alone would change no layer, so the command line may not.
-MODEL_NAME_OVERRIDE = (
-    "--config.model.name: the network is chosen by the config file's argument (e.g. "
-    "--config=configs/digits_diffusion.py:model=tiny, configs/imagenet64_diffusion.py:size=large); "
-    "--config.model.<field>=... overrides single fields of it"
-)
 
 
 def _verbose(argv: list[str] | None = None) -> bool:
@@ -70,64 +56,13 @@ def _fail(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost exception `error` was raised from (chains cut with `from None` end there)."""
-    while True:
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if inner is None:
-            return error
-        error = inner
-
-
-def _override_error(argv: list[str]) -> str | None:
-    """The message for the first --config.* override in argv that names no config field."""
-    argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
-    config_arg = None
-    for i, arg in enumerate(argv):
-        if re.match(r"^--?config=", arg):
-            config_arg = arg.split("=", 1)[1]
-        elif re.match(r"^--?config$", arg) and i + 1 < len(argv):
-            config_arg = argv[i + 1]
-    if config_arg is None:
-        return None
-    config = FLAGS["config"].parser.parse(config_arg)
-    for arg in argv:
-        override = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
-        if override:
-            reason = config_lib.override_error(config, override.group(1))
-            if reason:
-                return f"--config.{override.group(1)}: {reason}"
-    return None
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with every way the command line can be wrong ending in one message."""
+    """absl's flag parsing, with every way the command line can be wrong ending in one message
+    (`main_flags.parse`); --verbose raises the error it came from instead."""
     try:
-        remaining = FLAGS(argv)
-    except flags.Error as e:
-        message = str(e)
-        head, sep, _ = message.partition(": Error whilst parsing config file")
-        if sep:  # config_flags embeds the config file's traceback: keep only its error
-            message = f"{head}: {_root_cause(e)}"
-        if _verbose(argv):
-            raise
-        _fail(f"{message} (see --helpshort)", COMMAND_LINE_ERROR)
-    except (KeyError, AttributeError, IndexError):  # config_flags on an override of no field
-        message = _override_error(argv)
-        if message is None or _verbose(argv):
-            raise
-        _fail(message, COMMAND_LINE_ERROR)
-    if not isinstance(FLAGS.config, ml_collections.ConfigDict):
-        try:  # config_flags defers a config file that cannot be loaded to its first use
-            FLAGS.config.lock()
-        except OSError as e:
-            if _verbose():
-                raise
-            _fail(f"--config={config_flags.get_config_filename(FLAGS['config'])}: {e}",
-                  COMMAND_LINE_ERROR)
-    if "model.name" in config_flags.get_override_values(FLAGS["config"]):
-        _fail(MODEL_NAME_OVERRIDE, COMMAND_LINE_ERROR)
-    return remaining
+        return main_flags.parse(argv, FLAGS, verbose=lambda: _verbose(argv))
+    except main_flags.CommandLineError as e:
+        _fail(str(e), COMMAND_LINE_ERROR)
 
 
 def _launched_processes() -> int:
