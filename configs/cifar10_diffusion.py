@@ -2,7 +2,9 @@
 
     python -m mcm_jax.main --config=configs/cifar10_diffusion.py --workdir=/tmp/cifar10_teacher
 
-No argument. A one-GPU experiment between the digits smoke run and ImageNet. The plain cosine
+No argument. CIFAR-10 must be prepared in data.data_dir first (`python -m mcm_jax.datasets.prepare
+cifar10 --data_dir=DIR` on a machine with internet; the runs never download; docs/data.md).
+A one-GPU experiment between the digits smoke run and ImageNet. The plain cosine
 schedule: it is what the ImageNet configs' interpolated schedule (from 32 px) reduces to at 32 px.
 Label dropout 0.1 keeps the unconditional mode for guidance.
 

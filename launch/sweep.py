@@ -10,8 +10,10 @@ workdir. Each run's step count and method go into the config argument
 (`configs/imagenet64_mcm.py:steps=8,method=cd,size=small`), so the config file derives what
 depends on them (e.g. guidance for ImageNet128 CD). `--launcher` wraps each command in
 launch/slurm.sh or `launch/tpu_vm.sh run` instead of a plain `python -m mcm_jax.main`.
-Every config is built once before anything is printed, so a bad argument fails here. `expand`
-returns the runs as dicts, for scripts and tests.
+Every run's command line is parsed and its config built and checked as `python -m mcm_jax.main`
+would at its start (`check_configs`) before anything is printed, so a bad argument, a misspelled
+`--override=--config.<field>` or a bad value fails here with main's message. `expand` returns the
+runs as dicts, for scripts and tests.
 """
 
 from __future__ import annotations
@@ -108,10 +110,43 @@ def expand(
     return runs
 
 
+NOT_A_STUDENT = (
+    "config: {config!r} builds objective {objective!r}; a sweep needs an MCM (student) config "
+    "such as configs/digits_mcm.py or configs/imagenet64_mcm.py"
+)
+
+
+def _devices(config) -> int:
+    """The fewest devices the config's mesh fits (data x fsdp; data=-1 fills: 1 x fsdp), for the
+    checks that depend on the device count where the runs will go."""
+    fsdp, data = config.mesh.fsdp, config.mesh.data
+    fsdp = fsdp if isinstance(fsdp, int) and fsdp >= 1 else 1
+    return fsdp * (data if isinstance(data, int) and data >= 1 else 1)
+
+
 def check_configs(runs: list[dict]) -> None:
-    """Builds each run's config once, so a bad config argument fails before anything launches."""
-    for config in sorted({run["config"] for run in runs}):
-        config_lib.load_config_file(config)
+    """Parses each run's flags as `python -m mcm_jax.main` does (`mcm_jax.main_flags`) and checks
+    the config it builds as the run will at its start (`run_setup.validate`, and for an eval run
+    `evaluate.validate`), on the fewest devices its mesh fits; so a bad config argument, an
+    override of no field or a bad value fails here, with main's message naming the field. What
+    only the launched machine has (data, the teacher's checkpoint) is not checked. A config file
+    that is not an MCM one is a ValueError saying so."""
+    from mcm_jax import main_flags, run_setup
+    from mcm_jax.eval import evaluate
+
+    for config in sorted({run["config"].partition(":")[0] for run in runs}):
+        objective = config_lib.load_config_file(config).objective  # its default argument
+        if objective != "mcm":
+            raise ValueError(NOT_A_STUDENT.format(config=config, objective=objective))
+    for run in runs:
+        argv = ["mcm_jax.main", *run["flags"]]
+        flag_values = flags.FlagValues()
+        main_flags.define_flags(flag_values, sys_argv=argv)
+        main_flags.parse(argv, flag_values)
+        config = flag_values.config
+        run_setup.validate(config, num_devices=_devices(config))
+        if run["mode"] == "eval":
+            evaluate.validate(config, _devices(config))
 
 
 FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)

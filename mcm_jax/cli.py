@@ -29,13 +29,6 @@ USER_ERRORS = (
     FloatingPointError,
 )
 COMMAND_LINE_ERROR, RUN_ERROR = 2, 1
-# config.model.name says which named network the config file filled config.model from; setting it
-# alone would change no layer, so the command line may not.
-MODEL_NAME_OVERRIDE = (
-    "--config.model.name: the network is chosen by the config file's argument (e.g. "
-    "--config=configs/digits_diffusion.py:model=tiny, configs/imagenet64_diffusion.py:size=large); "
-    "--config.model.<field>=... overrides single fields of it"
-)
 FLAGS = flags.FLAGS
 
 
@@ -69,67 +62,22 @@ def root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
-def _override_error(argv: list[str]) -> str | None:
-    """The message for the first --config.* override in argv that names no config field."""
-    from mcm_jax import config_lib
-
-    argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
-    config_arg = None
-    for i, arg in enumerate(argv):
-        if re.match(r"^--?config=", arg):
-            config_arg = arg.split("=", 1)[1]
-        elif re.match(r"^--?config$", arg) and i + 1 < len(argv):
-            config_arg = argv[i + 1]
-    if config_arg is None:
-        return None
-    config = FLAGS["config"].parser.parse(config_arg)
-    for arg in argv:
-        override = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
-        if override:
-            reason = config_lib.override_error(config, override.group(1))
-            if reason:
-                return f"--config.{override.group(1)}: {reason}"
-    return None
-
-
-def _check_config_flag() -> None:
-    """A --config file that cannot be loaded, or an override of config.model.name, as a message."""
-    import ml_collections
-    from ml_collections import config_flags
-
-    if not isinstance(FLAGS.config, ml_collections.ConfigDict):
-        try:  # config_flags defers a config file that cannot be loaded to its first use
-            FLAGS.config.lock()
-        except OSError as e:
-            if verbose():
-                raise
-            fail(f"--config={config_flags.get_config_filename(FLAGS['config'])}: {e}",
-                 COMMAND_LINE_ERROR)
-    if "model.name" in config_flags.get_override_values(FLAGS["config"]):
-        fail(MODEL_NAME_OVERRIDE, COMMAND_LINE_ERROR)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with every way the command line can be wrong ending in one message."""
-    has_config = "config" in FLAGS
+    """absl's flag parsing, with every way the command line can be wrong ending in one message
+    (for commands with a --config flag, `main_flags.parse`'s)."""
+    if "config" in FLAGS:
+        from mcm_jax import main_flags
+
+        try:
+            return main_flags.parse(argv, FLAGS, verbose=lambda: verbose(argv))
+        except main_flags.CommandLineError as e:
+            fail(str(e), COMMAND_LINE_ERROR)
     try:
-        remaining = FLAGS(argv)
+        return FLAGS(argv)
     except flags.Error as e:
-        message = str(e)
-        head, sep, _ = message.partition(": Error whilst parsing config file")
-        if sep:  # config_flags embeds the config file's traceback: keep only its error
-            message = f"{head}: {root_cause(e)}"
         if verbose(argv):
             raise
-        fail(f"{message} (see --helpshort)", COMMAND_LINE_ERROR)
-    except (KeyError, AttributeError, IndexError):  # config_flags on an override of no field
-        message = _override_error(argv) if has_config else None
-        if message is None or verbose(argv):
-            raise
-        fail(message, COMMAND_LINE_ERROR)
-    if has_config and FLAGS.config is not None:
-        _check_config_flag()
-    return remaining
+        fail(f"{e} (see --helpshort)", COMMAND_LINE_ERROR)
 
 
 def run(main: Callable[[Sequence[str]], None], own_flags: flags.FlagValues | None = None) -> None:

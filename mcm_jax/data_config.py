@@ -22,6 +22,8 @@ class DatasetSpec:
     random_flip: bool  # default: flip natural images, never digits (nor captioned ones)
     adm_center_crop: bool  # full-size images: ADM's resize and centre crop
     captioned: bool = False  # text-to-image data: T5 embeddings of each image's caption
+    # TFDS downloads it to prepare it; the jobs never do: it must be prepared in data.data_dir
+    downloaded: bool = False
 
 
 # Caption data (paper §5.2) is cropped and resized to any resolution that is a multiple of this;
@@ -33,9 +35,9 @@ DATASETS = {
     "digits": DatasetSpec(
         digits_split.RESOLUTIONS, 1, digits_split.NUM_CLASSES, "test", False, False
     ),
-    "cifar10": DatasetSpec((32,), 3, 10, "test", True, False),
+    "cifar10": DatasetSpec((32,), 3, 10, "test", True, False, downloaded=True),
     "imagenet2012": DatasetSpec((64, 128), 3, 1000, "validation", True, True),
-    "imagenet_resized/64x64": DatasetSpec((64,), 3, 1000, "validation", True, False),
+    "imagenet_resized/64x64": DatasetSpec((64,), 3, 1000, "validation", True, False, downloaded=True),
     # Image-caption pairs with frozen T5 embeddings, in a TFDS directory (docs/data.md).
     "captions": DatasetSpec(None, 3, 0, "validation", False, True, captioned=True),
 }

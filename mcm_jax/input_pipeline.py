@@ -61,8 +61,9 @@ def validate(
 ) -> None:
     """Checks the data config and batch size before any compute; raises ValueError naming the field.
 
-    Also checks that imagenet2012 is prepared (TFDS cannot download it), and that caption data
-    is in data.data_dir with data.text_width and has `split` (default data.train_split) and, if
+    Also checks that imagenet2012, cifar10 and imagenet_resized are prepared in data.data_dir (the
+    jobs never download: `mcm_jax.datasets.prepare` does, once), and that caption data is in
+    data.data_dir with data.text_width and has `split` (default data.train_split) and, if
     `images`, images.
     """
     missing = sorted(set(default_data_config(data_config.get("name", "digits"))) - set(data_config))
@@ -85,6 +86,8 @@ def validate(
         raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer}: expected at least 1.")
     if data_config.name == "imagenet2012":
         _check_imagenet_prepared(_builder(data_config))
+    elif dataset_spec(data_config.name).downloaded:
+        _check_download_prepared(_builder(data_config), data_config.name)
     if dataset_spec(data_config.name).captioned:
         field = "data.train_split" if split is None else (
             "data.eval_split" if split == data_config.eval_split else "split"
@@ -123,15 +126,32 @@ def _check_imagenet_prepared(builder: tfds.core.DatasetBuilder) -> None:
     )
 
 
+def _check_download_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """A data set TFDS would download (cifar10, imagenet_resized) must have been prepared in
+    data.data_dir: the jobs never download (their machines may have no internet, and several
+    hosts would download at once), so say how to prepare it instead."""
+    if builder.is_prepared():
+        return
+    root = builder.data_dir_root
+    raise ValueError(
+        f"config.data.data_dir: data.name={name!r} is not prepared in '{root}', and the jobs never "
+        f"download it: on a machine with internet run `python -m mcm_jax.datasets.prepare {name} "
+        f"--data_dir=DIR` once, then copy DIR/{builder.name} to {root}/ (or prepare straight into "
+        f"a gs:// data_dir); see docs/data.md"
+    )
+
+
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """The builder, prepared if needed (digits builds offline; cifar10 and imagenet_resized
-    download; imagenet2012 must have been prepared with `mcm_jax.datasets.prepare`; caption data
-    is read from its directory)."""
+    """The builder of a prepared data set, never downloading: digits is built here (offline);
+    cifar10, imagenet_resized and imagenet2012 must have been prepared with
+    `mcm_jax.datasets.prepare`; caption data is read from its directory."""
     builder = _builder(data_config)
     if data_config.name == "imagenet2012":
         _check_imagenet_prepared(builder)
+    elif dataset_spec(data_config.name).downloaded:
+        _check_download_prepared(builder, data_config.name)
     elif not dataset_spec(data_config.name).captioned:
-        builder.download_and_prepare()
+        builder.download_and_prepare()  # digits: built from scikit-learn's copy, no network
     return builder
 
 

@@ -17,16 +17,11 @@ import os
 
 import ml_collections
 from absl import flags, logging
-from ml_collections import config_flags
 
-from mcm_jax import cli, paths
+from mcm_jax import cli, main_flags, paths
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples (local or gs://).")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or run the eval job.")
-flags.mark_flags_as_required(["config", "workdir"])
-
+main_flags.define_flags(FLAGS)
 
 def _launched_processes() -> int:
     """How many processes SLURM or a Cloud TPU slice started (1 for a plain launch).

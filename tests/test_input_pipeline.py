@@ -108,9 +108,11 @@ def test_imagenet2012_mock(tmp_path, resolution):
 @pytest.mark.parametrize(
     "name, shape", [("imagenet_resized/64x64", (8, 64, 64, 3)), ("cifar10", (8, 32, 32, 3))]
 )
-def test_small_image_data_sets_mock(name, shape):
+def test_small_image_data_sets_mock(tmp_path, name, shape):
+    write_tfds_metadata(str(tmp_path), name, {"train": 16, "test": 8, "validation": 8})
     config = input_pipeline.default_data_config(name)
-    with tfds.testing.mock_data(num_examples=16):
+    config.data_dir = str(tmp_path)
+    with tfds.testing.mock_data(num_examples=16, data_dir=str(tmp_path)):
         iterator = input_pipeline.create_train_iterator(
             config, global_batch_size=16, seed=0, process_index=0, process_count=2
         )
@@ -374,3 +376,32 @@ def test_bad_input_names_the_field(tmp_path):
         input_pipeline.create_train_iterator(imagenet, global_batch_size=16, seed=0)
     with pytest.raises(ValueError, match="seed=-1"):
         input_pipeline.create_train_iterator(config("digits"), global_batch_size=16, seed=-1)
+
+
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar10"),
+                                          ("imagenet_resized/64x64", "imagenet_resized")])
+def test_downloaded_data_sets_must_be_prepared_and_are_never_downloaded(
+    tmp_path, monkeypatch, name, folder
+):
+    def no_download(self, *args, **kwargs):
+        raise AssertionError(f"{self.name}: the pipeline must not download")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    config = input_pipeline.default_data_config(name)
+    config.data_dir = str(tmp_path / "nodata")
+    for check in (
+        lambda: input_pipeline.validate(config, global_batch_size=16, local_device_count=1),
+        lambda: input_pipeline.create_train_iterator(config, global_batch_size=16, seed=0),
+    ):
+        with pytest.raises(ValueError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(
+            f"config.data.data_dir: data.name='{name}' is not prepared in '{tmp_path / 'nodata'}'"
+        ), message
+        assert f"`python -m mcm_jax.datasets.prepare {name} --data_dir=DIR`" in message
+        assert f"copy DIR/{folder} to {tmp_path / 'nodata'}/" in message
+    assert not (tmp_path / "nodata").exists()
+
+    write_tfds_metadata(config.data_dir, name, {"train": 16, config.eval_split: 8})
+    input_pipeline.validate(config, global_batch_size=16, local_device_count=1)  # prepared: passes

@@ -117,6 +117,56 @@ def test_sweep_command_line_checks_the_configs_and_prints_json(capsys):
     assert "size='huge'" in capsys.readouterr().err
 
 
+def _sweep_main(args):
+    """sweep.main on a fresh parse: its FLAGS keep a previous call's --override values."""
+    sweep.FLAGS.unparse_flags()
+    sweep.main(["sweep.py", *args])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--override=--config.training.batch_size=abc"],
+         "error: flag --config.training.batch_size=abc: invalid literal for int()"),
+        (["--override=--config.training.bach_size=8", "--json"],
+         "error: --config.training.bach_size: unknown field 'bach_size' in config.training; "
+         "closest: batch_size"),
+        (["--override=--config.training.batch_size=0"],
+         "error: config.training.batch_size: must be an integer >= 1, got 0"),
+        (["--override=--config.mesh.fsdp=3"],
+         "error: config.training.batch_size: 128 is not divisible by the 3 devices"),
+        (["--eval_override=--config.eval.metric=xx"], "error: config.eval.metric: 'xx' is not one of"),
+        (["--override=--config.model.name=tiny"],
+         "error: --config.model.name: the network is chosen by the config file's argument"),
+        (["--override=--mode=bogus"], "error: flag --mode=bogus: value should be one of"),
+    ],
+    ids=["bad_value", "misspelled_field", "invalid_value", "mesh", "eval_only", "model_name", "flag"],
+)
+def test_sweep_fails_on_an_override_as_main_would(capsys, args, message):
+    common = ["--steps=1,2", "--teacher_workdir=/t", "--workdir_root=/r"]
+    with pytest.raises(SystemExit) as exit_info:
+        _sweep_main(["--config=configs/digits_mcm.py", *common, *args])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(message), err
+
+
+def test_sweep_checks_on_the_fewest_devices_the_mesh_fits(capsys):
+    common = ["--steps=1", "--teacher_workdir=/t", "--workdir_root=/r", "--json"]
+    _sweep_main(["--config=configs/digits_mcm.py", *common, "--override=--config.mesh.fsdp=4"])
+    assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+def test_sweep_needs_a_student_config(capsys):
+    common = ["--steps=1", "--teacher_workdir=/t", "--workdir_root=/r"]
+    with pytest.raises(SystemExit):
+        _sweep_main(["--config=configs/digits_diffusion.py", *common])
+    assert capsys.readouterr().err.strip() == (
+        "error: config: 'configs/digits_diffusion.py' builds objective 'diffusion'; a sweep needs "
+        "an MCM (student) config such as configs/digits_mcm.py or configs/imagenet64_mcm.py"
+    )
+
+
 # --- shell scripts ---
 
 

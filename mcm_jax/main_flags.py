@@ -1,0 +1,107 @@
+"""mcm_jax.main's flags and their parsing, for any FlagValues: main parses its command line with
+them into absl's global flags, and launch/sweep.py each command it prints into fresh ones, so a
+mistake in a sweep's overrides fails there with the message main would give.
+
+`parse` turns every way a command line can be wrong (a bad flag value, an unknown --config.* key,
+a config file that does not load, --config.model.name) into a `CommandLineError` whose message is
+the one line to show (or, when asked for tracebacks, re-raises the error as it came).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from mcm_jax import config_lib
+from mcm_jax.cli import VERBOSE_ENV, root_cause
+# config.model.name says which named network the config file filled config.model from; setting it
+# alone would change no layer, so the command line may not.
+MODEL_NAME_OVERRIDE = (
+    "--config.model.name: the network is chosen by the config file's argument (e.g. "
+    "--config=configs/digits_diffusion.py:model=tiny, configs/imagenet64_diffusion.py:size=large); "
+    "--config.model.<field>=... overrides single fields of it"
+)
+
+
+class CommandLineError(ValueError):
+    """A command line mcm_jax.main cannot run; the message names the flag."""
+
+
+def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = None) -> None:
+    """Defines main's flags (--config and its --config.* overrides, --workdir, --mode, --verbose)
+    in `flag_values`; config_flags finds the overrides in `sys_argv`, the command line that will
+    be parsed (default: sys.argv)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file (path[:arg]).", flag_values=flag_values,
+        sys_argv=sys_argv,
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples (local or gs://).",
+                        flag_values=flag_values)
+    flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or run the eval job.",
+                      flag_values=flag_values)
+    flags.DEFINE_bool(
+        "verbose", False,
+        f"Show the traceback of a user error, not only its message ({VERBOSE_ENV}=1 too).",
+        flag_values=flag_values,
+    )
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+def _override_error(argv: list[str], flag_values: flags.FlagValues) -> str | None:
+    """The message for the first --config.* override in argv that names no config field."""
+    argv = flag_values.read_flags_from_files(argv, force_gnu=False)
+    config_arg = None
+    for i, arg in enumerate(argv):
+        if re.match(r"^--?config=", arg):
+            config_arg = arg.split("=", 1)[1]
+        elif re.match(r"^--?config$", arg) and i + 1 < len(argv):
+            config_arg = argv[i + 1]
+    if config_arg is None:
+        return None
+    config = flag_values["config"].parser.parse(config_arg)
+    for arg in argv:
+        override = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
+        if override:
+            reason = config_lib.override_error(config, override.group(1))
+            if reason:
+                return f"--config.{override.group(1)}: {reason}"
+    return None
+
+
+def parse(
+    argv: list[str], flag_values: flags.FlagValues, verbose: Callable[[], bool] = lambda: False
+) -> list[str]:
+    """Parses `argv` (program name first) into `flag_values` (as `define_flags` made them) and
+    returns the arguments left; a user's mistake raises CommandLineError with its message, or,
+    where `verbose()`, the error it came from as it was raised."""
+    try:
+        remaining = flag_values(argv)
+    except flags.Error as e:
+        message = str(e)
+        head, sep, _ = message.partition(": Error whilst parsing config file")
+        if sep:  # config_flags embeds the config file's traceback: keep only its error
+            message = f"{head}: {root_cause(e)}"
+        if verbose():
+            raise
+        raise CommandLineError(f"{message} (see --helpshort)") from e
+    except (KeyError, AttributeError, IndexError) as e:  # config_flags on an override of no field
+        message = _override_error(argv, flag_values)
+        if message is None or verbose():
+            raise
+        raise CommandLineError(message) from e
+    if flag_values.config is not None and not isinstance(flag_values.config,
+                                                          ml_collections.ConfigDict):
+        try:  # config_flags defers a config file that cannot be loaded to its first use
+            flag_values.config.lock()
+        except OSError as e:
+            if verbose():
+                raise
+            filename = config_flags.get_config_filename(flag_values["config"])
+            raise CommandLineError(f"--config={filename}: {e}") from e
+    if "model.name" in config_flags.get_override_values(flag_values["config"]):
+        raise CommandLineError(MODEL_NAME_OVERRIDE)
+    return remaining
