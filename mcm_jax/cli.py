@@ -80,12 +80,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{e} (see --helpshort)", COMMAND_LINE_ERROR)
 
 
+def define_verbose(flag_values: flags.FlagValues) -> None:
+    """--verbose: show a user error's traceback too."""
+    flags.DEFINE_bool("verbose", False, "Show the traceback of a user error, not only its "
+                      f"message ({VERBOSE_ENV}=1 too).", flag_values=flag_values)
+
+
 def run(main: Callable[[Sequence[str]], None], own_flags: flags.FlagValues | None = None) -> None:
     """`app.run(main)` with the flags parsed by `parse_flags` and a user's mistake in `main`
     ended by `fail`; `own_flags` join the global flags, so --help lists them."""
     if "verbose" not in FLAGS:
-        flags.DEFINE_bool("verbose", False, "Show the traceback of a user error, not only its "
-                          f"message ({VERBOSE_ENV}=1 too).")
+        define_verbose(FLAGS)
     if own_flags is not None:
         FLAGS.append_flag_values(own_flags)
     for name in ["verbose", *(own_flags or ())]:

@@ -246,11 +246,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"config.model.name: {config.model.name!r} is not one of {NAMES}; choose the network "
         "with the config file's argument (e.g. --config=configs/digits_diffusion.py:model=digits)",
     )
-    try:
-        validate_model(config.model, config.data.resolution, "config.data.resolution")
-    except ValueError as error:  # the model's checks name its fields without the prefix
-        message = str(error)
-        raise ValueError(message if message.startswith("config.") else f"config.model.{message}")
+    validate_model(config.model, config.data.resolution, "config.data.resolution", "config.model.")
     try:
         text_shape(config.data)  # caption data: text_length and text_width
     except ValueError as e:

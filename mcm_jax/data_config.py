@@ -37,7 +37,9 @@ DATASETS = {
     ),
     "cifar10": DatasetSpec((32,), 3, 10, "test", True, False, downloaded=True),
     "imagenet2012": DatasetSpec((64, 128), 3, 1000, "validation", True, True),
-    "imagenet_resized/64x64": DatasetSpec((64,), 3, 1000, "validation", True, False, downloaded=True),
+    "imagenet_resized/64x64": DatasetSpec(
+        (64,), 3, 1000, "validation", True, False, downloaded=True
+    ),
     # Image-caption pairs with frozen T5 embeddings, in a TFDS directory (docs/data.md).
     "captions": DatasetSpec(None, 3, 0, "validation", False, True, captioned=True),
 }

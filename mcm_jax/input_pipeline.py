@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -84,10 +85,8 @@ def validate(
         )
     if data_config.shuffle_buffer < 1:
         raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer}: expected at least 1.")
-    if data_config.name == "imagenet2012":
-        _check_imagenet_prepared(_builder(data_config))
-    elif dataset_spec(data_config.name).downloaded:
-        _check_download_prepared(_builder(data_config), data_config.name)
+    if _prepared_elsewhere(data_config.name):
+        _check_prepared(_builder(data_config), data_config.name)
     if dataset_spec(data_config.name).captioned:
         field = "data.train_split" if split is None else (
             "data.eval_split" if split == data_config.eval_split else "split"
@@ -106,13 +105,34 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
     return tfds.builder(name, data_dir=data_config.data_dir)
 
 
-def _check_imagenet_prepared(builder: tfds.core.DatasetBuilder) -> None:
-    """ImageNet needs a manual download and hours to prepare: say exactly what to do."""
+def _prepared_elsewhere(name: str) -> bool:
+    """Whether the jobs only read data set `name` once `mcm_jax.datasets.prepare` prepared it:
+    imagenet2012 (manual files) and what TFDS downloads (cifar10, imagenet_resized). Digits is
+    built where it is read; caption data is written by its own command."""
+    return name == "imagenet2012" or dataset_spec(name).downloaded
+
+
+def missing_imagenet_files(manual_dir: epath.PathLike) -> list[str]:
+    """The ImageNet archives TFDS needs that are not in `manual_dir`."""
+    return [f for f in IMAGENET_MANUAL_FILES if not (epath.Path(manual_dir) / f).exists()]
+
+
+def _check_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """Data set `name` (`_prepared_elsewhere`) must be prepared in data.data_dir: say exactly how
+    to prepare it. The jobs never download (their machines may have no internet, and several
+    hosts would download at once), and ImageNet needs a manual download and hours."""
     if builder.is_prepared():
         return
     root = builder.data_dir_root
+    if name != "imagenet2012":
+        raise ValueError(
+            f"config.data.data_dir: data.name={name!r} is not prepared in '{root}', and the jobs "
+            f"never download it: on a machine with internet run `python -m "
+            f"mcm_jax.datasets.prepare {name} --data_dir=DIR` once, then copy DIR/{builder.name} "
+            f"to {root}/ (or prepare straight into a gs:// data_dir); see docs/data.md"
+        )
     manual_dir = root / "downloads" / "manual"
-    missing = [f for f in IMAGENET_MANUAL_FILES if not (manual_dir / f).exists()]
+    missing = missing_imagenet_files(manual_dir)
     build = f"python -m mcm_jax.datasets.prepare imagenet2012 --data_dir={root}"
     where = f"data.name='imagenet2012' is not prepared in data.data_dir='{root}'"
     if missing:
@@ -126,30 +146,13 @@ def _check_imagenet_prepared(builder: tfds.core.DatasetBuilder) -> None:
     )
 
 
-def _check_download_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
-    """A data set TFDS would download (cifar10, imagenet_resized) must have been prepared in
-    data.data_dir: the jobs never download (their machines may have no internet, and several
-    hosts would download at once), so say how to prepare it instead."""
-    if builder.is_prepared():
-        return
-    root = builder.data_dir_root
-    raise ValueError(
-        f"config.data.data_dir: data.name={name!r} is not prepared in '{root}', and the jobs never "
-        f"download it: on a machine with internet run `python -m mcm_jax.datasets.prepare {name} "
-        f"--data_dir=DIR` once, then copy DIR/{builder.name} to {root}/ (or prepare straight into "
-        f"a gs:// data_dir); see docs/data.md"
-    )
-
-
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The builder of a prepared data set, never downloading: digits is built here (offline);
     cifar10, imagenet_resized and imagenet2012 must have been prepared with
     `mcm_jax.datasets.prepare`; caption data is read from its directory."""
     builder = _builder(data_config)
-    if data_config.name == "imagenet2012":
-        _check_imagenet_prepared(builder)
-    elif dataset_spec(data_config.name).downloaded:
-        _check_download_prepared(builder, data_config.name)
+    if _prepared_elsewhere(data_config.name):
+        _check_prepared(builder, data_config.name)
     elif not dataset_spec(data_config.name).captioned:
         builder.download_and_prepare()  # digits: built from scikit-learn's copy, no network
     return builder

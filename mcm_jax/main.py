@@ -23,6 +23,7 @@ from mcm_jax import cli, main_flags, paths
 FLAGS = flags.FLAGS
 main_flags.define_flags(FLAGS)
 
+
 def _launched_processes() -> int:
     """How many processes SLURM or a Cloud TPU slice started (1 for a plain launch).
 

@@ -16,8 +16,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib
-from mcm_jax.cli import VERBOSE_ENV, root_cause
+from mcm_jax import cli, config_lib
+
 # config.model.name says which named network the config file filled config.model from; setting it
 # alone would change no layer, so the command line may not.
 MODEL_NAME_OVERRIDE = (
@@ -43,11 +43,7 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
                         flag_values=flag_values)
     flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or run the eval job.",
                       flag_values=flag_values)
-    flags.DEFINE_bool(
-        "verbose", False,
-        f"Show the traceback of a user error, not only its message ({VERBOSE_ENV}=1 too).",
-        flag_values=flag_values,
-    )
+    cli.define_verbose(flag_values)
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
@@ -84,7 +80,7 @@ def parse(
         message = str(e)
         head, sep, _ = message.partition(": Error whilst parsing config file")
         if sep:  # config_flags embeds the config file's traceback: keep only its error
-            message = f"{head}: {root_cause(e)}"
+            message = f"{head}: {cli.root_cause(e)}"
         if verbose():
             raise
         raise CommandLineError(f"{message} (see --helpshort)") from e

@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> None:
     if name.split("/")[0] == "imagenet2012" and not builder.is_prepared():
         manual_dir = epath.Path(FLAGS.manual_dir or builder.data_dir_root / "downloads" / "manual")
         needed = input_pipeline.IMAGENET_MANUAL_FILES
-        missing = [f for f in needed if not (manual_dir / f).exists()]
+        missing = input_pipeline.missing_imagenet_files(manual_dir)
         if missing:
             raise FileNotFoundError(
                 f"imagenet2012 needs {' and '.join(needed)} (from https://image-net.org) in "
@@ -69,6 +69,7 @@ def _builder(name: str, data_dir: str | None):
             known = [f"{dataset}/{c.name}" for c in tfds.builder_cls(dataset).BUILDER_CONFIGS]
     closest = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or known[:3]
     raise app.UsageError(f"{name}: not a TFDS data set; closest: {', '.join(closest)}")
+
 
 if __name__ == "__main__":
     cli.run(main, FLAGS)

@@ -1,8 +1,8 @@
 """Metadata of a prepared TFDS data set, so `tfds.testing.mock_data` can stand in for it.
 
-A pipeline checks that imagenet2012, cifar10 and imagenet_resized are prepared and reads split sizes from its metadata; with
-this metadata in `data_dir`, `tfds.testing.mock_data(data_dir=data_dir)` (policy USE_FILES) serves
-mocked examples through the real code path. Used by the tests and the input pipeline benchmark.
+A pipeline checks that imagenet2012, cifar10 and imagenet_resized are prepared and reads split
+sizes from its metadata; with this metadata in `data_dir`, `tfds.testing.mock_data(data_dir=
+data_dir)` (policy USE_FILES) serves mocked examples through the real code path. Used by the tests and the input pipeline benchmark.
 """
 
 import tensorflow_datasets as tfds

@@ -108,11 +108,16 @@ def total_pooling(config: ml_collections.ConfigDict) -> int:
 
 
 def validate(
-    config: ml_collections.ConfigDict, resolution: int, resolution_field: str = "resolution"
+    config: ml_collections.ConfigDict, resolution: int, resolution_field: str = "resolution",
+    prefix: str = "",
 ) -> None:
-    """Checks the configuration and that it can run at `resolution` pixels (square images); an
-    error about the resolution names `resolution_field` (where the caller's value comes from)."""
-    validate_static(config)
+    """Checks the configuration and that it can run at `resolution` pixels (square images). Its
+    fields are named after `prefix` (where the caller keeps the model config: "config.model."),
+    the resolution as `resolution_field` (where the caller's value comes from)."""
+    try:
+        validate_static(config)
+    except ValueError as error:  # every message of validate_static starts with its field
+        raise ValueError(f"{prefix}{error}") from None
     pooling = total_pooling(config)
     _require(
         isinstance(resolution, int) and resolution >= pooling and resolution % pooling == 0,
