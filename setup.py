@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
     "clu>=0.0.12",
     "pillow>=10",
     "matplotlib>=3.8",
+    "filelock>=3.12",  # a data set built on first use is built once per data dir
+    "psutil>=5.9",  # whether the run holding a workdir lock is still alive
     # Text encoder and CLIP: keras-hub (launch/no-deps-requirements.txt) on Keras's JAX backend,
     # with the packages it imports; prompts are tokenized with sentencepiece (T5) and tokenizers
     # (CLIP) directly.

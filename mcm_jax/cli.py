@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -42,15 +43,31 @@ def verbose(argv: Sequence[str] | None = None) -> bool:
 
 
 def fail(message: str, status: int) -> NoReturn:
-    """Prints `error: message` (with the process when there are several) and exits."""
-    prefix = ""
+    """Prints `error: message` and exits; with several processes it ends every process of the
+    job, each naming this one and its error (mcm_jax.distributed.fail_job)."""
     if "jax" in sys.modules:
-        import jax
+        from mcm_jax import distributed
 
-        if jax.distributed.is_initialized() and jax.process_count() > 1:
-            prefix = f"process {jax.process_index()} of {jax.process_count()}: "
-    print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+        distributed.fail_job(message, status)  # returns only with a single process
+    print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _end(
+    error: BaseException, status: int, *, traceback_too: bool, message: str | None = None
+) -> NoReturn:
+    """Ends the command on `error` (inside its `except`): with several processes, every process
+    of the job (after this one's traceback, if `traceback_too`); else one `fail` line, or
+    Python's own traceback if `traceback_too`."""
+    if "jax" in sys.modules:
+        from mcm_jax import distributed
+
+        if distributed.several_processes():
+            details = traceback.format_exc() if traceback_too else ""
+            distributed.fail_job(message or str(error), status, details=details)
+    if traceback_too:
+        raise error
+    fail(str(error), status)
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -100,12 +117,10 @@ def run(main: Callable[[Sequence[str]], None], own_flags: flags.FlagValues | Non
         try:
             main(argv)
         except (app.UsageError, flags.Error) as e:
-            if verbose():
-                raise
-            fail(str(e), COMMAND_LINE_ERROR)
+            _end(e, COMMAND_LINE_ERROR, traceback_too=verbose())
         except USER_ERRORS as e:
-            if verbose():
-                raise
-            fail(str(e), RUN_ERROR)
+            _end(e, RUN_ERROR, traceback_too=verbose())
+        except (Exception, KeyboardInterrupt) as e:  # a bug, or Ctrl-C: its traceback stays
+            _end(e, RUN_ERROR, traceback_too=True, message=f"{type(e).__name__}: {e}")
 
     app.run(handled, flags_parser=parse_flags)

@@ -17,10 +17,12 @@ decoding them.
 
 from collections.abc import Iterator
 
+import filelock
 import jax
 import ml_collections
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -146,15 +148,52 @@ def _check_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
     )
 
 
+def _built_by_runs(name: str) -> bool:
+    """Whether a run builds data set `name` itself on first use: the bundled digits, from
+    scikit-learn's copy (no network)."""
+    return not _prepared_elsewhere(name) and not dataset_spec(name).captioned
+
+
+def _build_once(builder: tfds.core.DatasetBuilder) -> None:
+    """Builds `builder`'s data set unless it is built. On a local file system a lock file beside
+    it makes every other process or run that shares the data dir wait, then read what the first
+    one built (TFDS alone lets two builders race, and the second fails to rename its copy)."""
+    if builder.is_prepared():
+        return
+    target = epath.Path(builder.data_dir)
+    if target.as_uri().startswith("file://"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(target.parent / f".{target.name}.lock"))
+        if lock.is_locked:
+            logging.info("waiting for another process to finish building %s", target)
+        with lock:
+            builder.download_and_prepare()  # returns at once if another process built it
+    else:  # gs:// and other object stores have no locks: `prepare` has process 0 build it
+        builder.download_and_prepare()
+
+
+def prepare(data_config: ml_collections.ConfigDict) -> None:
+    """Builds the data set of `data_config` once per data dir if runs build it themselves:
+    process 0 builds it while the others wait, then every process reads it. Every process of a
+    run calls this at the start, before it reads data."""
+    if not _built_by_runs(data_config.name):
+        return
+    if jax.process_index() == 0:
+        _build_once(_builder(data_config))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"data set {data_config.name} prepared")
+
+
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-    """The builder of a prepared data set, never downloading: digits is built here (offline);
-    cifar10, imagenet_resized and imagenet2012 must have been prepared with
-    `mcm_jax.datasets.prepare`; caption data is read from its directory."""
+    """The builder of a prepared data set, never downloading: digits is built here (offline) if
+    `prepare` has not built it; cifar10, imagenet_resized and imagenet2012 must have been
+    prepared with `mcm_jax.datasets.prepare`; caption data is read from its directory."""
     builder = _builder(data_config)
     if _prepared_elsewhere(data_config.name):
         _check_prepared(builder, data_config.name)
-    elif not dataset_spec(data_config.name).captioned:
-        builder.download_and_prepare()  # digits: built from scikit-learn's copy, no network
+    elif _built_by_runs(data_config.name) and not builder.is_prepared():
+        _build_once(builder)
+        builder = _builder(data_config)
     return builder
 
 

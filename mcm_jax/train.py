@@ -118,6 +118,7 @@ def train(
         teacher_config = run_setup.check_teacher_matches(config)
     trainer = Trainer(setup, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
+    input_pipeline.prepare(config.data)
     # The teacher's checkpoint is loaded before anything is written, so a bad one leaves no trace.
     teacher_params = (
         run_setup.load_teacher(config, trainer.abstract_teacher_params)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from mcm_jax import checkpointing, main, paths, presets
+from mcm_jax import checkpointing, distributed, paths, presets
 from test_train import ROOT, _event_losses, _main_command
 
 TEACHER = "configs/digits_diffusion.py:model=tiny"
@@ -187,4 +187,4 @@ def test_jax_distributed_starts_only_inside_a_launched_step(monkeypatch, env, pr
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert main._launched_processes() == processes
+    assert distributed.launched_processes() == processes

@@ -25,9 +25,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir, data_dir, num_steps, checkpoint_every, *flags):
+MAIN = ("-m", "mcm_jax.main")
+# mcm_jax.main with a fault injected into one process (see the file).
+FAIL_AT_STEP = (os.path.join(ROOT, "tests", "programs", "fail_at_step.py"),)
+
+
+def _command(workdir, data_dir, num_steps, checkpoint_every, *flags, program=MAIN):
     return [
-        sys.executable, "-m", "mcm_jax.main", "--config=configs/digits_diffusion.py:model=tiny",
+        sys.executable, *program, "--config=configs/digits_diffusion.py:model=tiny",
         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
         "--config.data.shuffle_buffer=500", "--config.training.batch_size=16",
         "--config.training.log_every=3", "--config.training.sample_every=0",
@@ -37,16 +42,19 @@ def _command(workdir, data_dir, num_steps, checkpoint_every, *flags):
 
 
 def _start(
-    workdir, data_dir, num_steps, *flags, checkpoint_every=3, processes=2, devices=1, tag="run"
+    workdir, data_dir, num_steps, *flags, checkpoint_every=3, processes=2, devices=1, tag="run",
+    program=MAIN, extra_env=None,
 ):
-    """Starts the processes of one launch (extra command-line `flags`), each with `devices` CPU
-    devices; their logs go to <workdir>.<tag>.<process>.log."""
+    """Starts the processes of one launch (extra command-line `flags`; `program` instead of
+    `-m mcm_jax.main`; environment variables `extra_env`), each with `devices` CPU devices; their logs go
+    to <workdir>.<tag>.<process>.log."""
     port = _free_port()
     launched = []
     for process_id in range(processes):
         env = dict(
             os.environ,
             XLA_FLAGS=os.environ["XLA_FLAGS"].replace("device_count=8", f"device_count={devices}"),
+            **(extra_env or {}),
         )
         if processes > 1:
             env.update(
@@ -58,7 +66,7 @@ def _start(
         log = f"{workdir}.{tag}.{process_id}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                _command(workdir, data_dir, num_steps, checkpoint_every, *flags),
+                _command(workdir, data_dir, num_steps, checkpoint_every, *flags, program=program),
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         launched.append((process, log))
@@ -149,11 +157,49 @@ def test_two_processes_resume_on_one(tmp_path, digits_data_dir):
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
+def _error_lines(log):
+    return [line for line in log.splitlines() if line.startswith("error:")]
+
+
 def test_each_process_reports_a_user_error_as_one_line(tmp_path, digits_data_dir):
     launched = _start(tmp_path / "run", digits_data_dir, 6, "--config.training.batch_size=3", devices=2)
-    for index, log in enumerate(_finish(launched, returncode=1)):
-        errors = [line for line in log.splitlines() if line.startswith("error:")]
-        assert errors == [
-            f"error: process {index} of 2: config.training.batch_size: 3 is not divisible by the "
-            "4 devices"
-        ], log[-4000:]
+    message = "config.training.batch_size: 3 is not divisible by the 4 devices"
+    logs = _finish(launched, returncode=1)
+    for index, log in enumerate(logs):
+        (line,) = _error_lines(log)
+        assert line.startswith(f"error: process {index} of 2: ") and line.endswith(message), log
+    # Both processes failed the same way; the first to report it is named by the other.
+    assert any(_error_lines(log)[0] == f"error: process {i} of 2: {message}" for i, log in enumerate(logs))
+
+
+def test_two_processes_start_on_an_empty_data_dir(tmp_path):
+    """The first run into a new data dir builds the digits once (process 0), and both processes
+    read it (TFDS alone let both build it, and one failed renaming its copy)."""
+    data_dir = tmp_path / "new_tfds"
+    logs = _finish(_start(tmp_path / "run", data_dir, num_steps=3))
+    assert sum(log.count("Generating dataset digits") for log in logs) == 1
+    assert [p.name for p in (data_dir / "digits" / "16x16").iterdir() if not p.name.startswith(".")] == ["1.0.0"]
+
+
+@pytest.mark.parametrize("failing", [1, 0])
+def test_an_error_in_one_process_ends_every_process_with_its_message(tmp_path, digits_data_dir, failing):
+    """A ValueError in one process at step 3 (the others then wait for it in a collective) ends
+    every process within 60 s, each naming the failing process and its error, without the
+    coordination service's C++ abort."""
+    launched = _start(
+        tmp_path / "run", digits_data_dir, 40, checkpoint_every=40, program=FAIL_AT_STEP,
+        extra_env={"FAIL_PROCESS": str(failing), "FAIL_STEP": "3"},
+    )
+    launched[failing][0].wait(timeout=300)
+    failed_at = time.time()
+    for process, _ in launched:
+        process.wait(timeout=60)
+    assert time.time() - failed_at < 60
+    logs = [open(log).read() for _, log in launched]
+    cause = f"process {failing} of 2: injected fault at step 3"
+    for index, ((process, _), log) in enumerate(zip(launched, logs)):
+        assert process.returncode == 1, log[-4000:]
+        expected = cause if index == failing else f"process {index} of 2: stopped because {cause}"
+        assert _error_lines(log) == [f"error: {expected}"], log[-4000:]
+        for crash in ("Traceback", "Check failure stack trace", "Fatal Python error"):
+            assert crash not in log, log[-4000:]

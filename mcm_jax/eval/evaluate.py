@@ -309,8 +309,11 @@ def evaluate(
     which case nothing is scored and the result is []. `progress(done, total)` follows the sweep
     of each evaluated step, in sampler steps times chunks.
     """
+    from mcm_jax import input_pipeline  # TensorFlow only here
+
     setup = RunSetup.create(config)  # validates the run's config, the one time in an eval job
     settings = validate(config, jax.device_count())
+    input_pipeline.prepare(config.data)
     e = config.eval
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
     if e.poll:
