@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 from absl import logging
@@ -32,6 +33,7 @@ _WATCH_TIMEOUT_MS = 600_000
 
 _stop_lock = threading.Lock()
 _shutting_down = threading.Event()
+_at_failure: list[Callable[[], None]] = []
 
 
 def launched_processes() -> int:
@@ -68,6 +70,15 @@ def start() -> None:
     # atexit runs last-registered first: this ends the watcher before jax.distributed shuts its
     # client down (a daemon thread still inside the client when Python exits aborts it).
     atexit.register(_end_watch, watcher)
+
+
+def at_failure(callback: Callable[[], None], *, cancel: bool = False) -> None:
+    """Calls `callback` if a failure ends this process (Python's exit handlers do not run then);
+    `cancel=True` takes it back."""
+    if cancel:
+        _at_failure.remove(callback)
+    else:
+        _at_failure.append(callback)
 
 
 def several_processes() -> bool:
@@ -156,6 +167,11 @@ def _stop(line: str, status: int = 1) -> None:
         _wait_for_exit()
     print(line, file=sys.stderr, flush=True)
     logging.flush()
+    for callback in _at_failure:
+        try:
+            callback()
+        except Exception as error:  # the job is ending anyway: say so, and end it
+            logging.warning("while stopping: %s", error)
     client = _client()
     me, count = jax.process_index(), jax.process_count()
     try:

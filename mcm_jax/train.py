@@ -9,6 +9,7 @@ and returns. The pure step and the state it updates are in mcm_jax.train_step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -21,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from mcm_jax import (
     checkpointing, config_lib, data_config, hardware, images, losses, multihost, preemption,
-    profiling, resume_config, run_setup, sharding,
+    profiling, resume_config, run_setup, sharding, workdir_lock,
 )
 from mcm_jax.eval import prompts
 from mcm_jax.progress import ProgressFn
@@ -124,6 +125,17 @@ def train(
         run_setup.load_teacher(config, trainer.abstract_teacher_params)
         if config.objective == "mcm" else None
     )
+    # Process 0 holds the workdir for the run: a second run there is refused before it writes.
+    held = workdir_lock.WorkdirLock(workdir) if multihost.is_chief() else contextlib.nullcontext()
+    with held:
+        return _train_in_workdir(config, workdir, trainer, teacher_params, progress)
+
+
+def _train_in_workdir(
+    config: ml_collections.ConfigDict, workdir: str, trainer: Trainer, teacher_params,
+    progress: ProgressFn | None,
+) -> TrainState:
+    """`train` from the moment it holds the workdir: claims it, resumes or starts, and trains."""
     resume_config.claim_workdir(workdir, config)
     t = config.training
     ckpt = checkpointing.Checkpointer(
