@@ -223,7 +223,7 @@ def inception_row(batch: int, precision: str, steps: int, warmup: int) -> Row:
         f"inception_{precision}", f"FID Inception-v3 float32, precision {precision}", batch,
         img_per_s=batch / seconds, tflops_per_device=tflops,
         mfu=tflops / peak if tflops and peak else None, compile_s=compile_s,
-        note="the FID path" if precision == "highest" else "not the FID path",
+        note="the FID path" if precision == inception.fid_precision() else "not the FID path",
     )
 
 
@@ -380,7 +380,7 @@ def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, st
         elif item == "sample8_small":
             add([sampling_row(sample_batch, steps, warmup, dry_run)])
         elif item == "inception":
-            for precision in ("highest", "default"):
+            for precision in inception.PRECISIONS:
                 add([inception_row(inception_batch, precision, steps, warmup)])
         elif item == "cd_large":
             add(large_rows(large_remat, large_batches, max(steps // 2, 2), 1, deadline, dry_run))

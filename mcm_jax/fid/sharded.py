@@ -17,14 +17,16 @@ def replicate_params(params: dict, mesh: Mesh) -> dict:
 
 
 def make_sharded_features(
-    mesh: Mesh, *, data_axes: str | tuple[str, ...] = "data", precision: str = "highest"
+    mesh: Mesh, *, data_axes: str | tuple[str, ...] = "data", precision: str | None = None
 ) -> Callable[[dict, jax.Array], jax.Array]:
     """A jitted `features(params, images_uint8_nhwc) -> (N, 2048)` sharded over `mesh`.
 
     Images and features are split along the batch over `data_axes` (NamedSharding in and out);
     the batch must divide by those axes' total size. Images are a global jax.Array (or, in a
     single process, a host array). Preprocessing and network compile together, once per shape.
+    `precision`: one of inception.PRECISIONS, default `inception.fid_precision()`.
     """
+    precision = precision or inception.fid_precision()
     batch_sharding = NamedSharding(mesh, PartitionSpec(data_axes))
     replicated = NamedSharding(mesh, PartitionSpec())
     axes = (data_axes,) if isinstance(data_axes, str) else data_axes
