@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from mcm_jax import models, presets, train_step
-from mcm_jax.benchmarks import gpu_check, train_step_bench
+from mcm_jax.benchmarks import gpu_check, profile_ops, train_step_bench
 
 
 def test_benchmark_module_imports_no_tensorflow():
@@ -62,6 +64,7 @@ def test_gpu_check_dry_run_table_and_json(tmp_path, capsys):
     gpu_check.main([
         "gpu_check", "--dry_run", "--only=diffusion_small,cd_large", "--large_remat=full",
         "--large_batches=8", f"--json={path}", "--commit=abc1234", "--steps=1",
+        f"--profile_dir={tmp_path / 'traces'}", "--profile_steps=1",
     ])
     result = json.loads(path.read_text())
     assert result["meta"]["commit"] == "abc1234" and result["meta"]["dry_run"] is True
@@ -73,9 +76,38 @@ def test_gpu_check_dry_run_table_and_json(tmp_path, capsys):
         assert row["cudnn_attention"] is False  # a CPU runs attention in XLA
     assert rows[0]["batch"] == 8 and rows[0]["config"] == "tiny diffusion bfloat16"
     assert rows[1]["batch"] == 8 and rows[1]["remat"] == "full" and rows[1]["best"]
+    ops = rows[0]["top_ops"]  # the profiled diffusion step's most expensive operations
+    assert len(ops) == 10 and all(op["ms_per_step"] > 0 for op in ops)
+    assert [op["share"] for op in ops] == sorted((op["share"] for op in ops), reverse=True)
+    assert 0 < sum(op["share"] for op in ops) <= 1
     printed = capsys.readouterr().out
-    assert "| name | config | remat | batch | img/s | TFLOP/s | MFU | cudnn_attention |" in printed
-    assert "| cd_large (best) | tiny mcm cd S=8 bfloat16 | full | 8 |" in printed
+    assert "| name | variant | config | remat | batch | img/s | TFLOP/s | MFU |" in printed
+    assert "| cd_large (best) |  | tiny mcm cd S=8 bfloat16 | full | 8 |" in printed
+    assert "diffusion_small: the most expensive operations of a step\n| op | ms/step | share |" in printed
+
+
+def test_top_ops_of_a_trace(tmp_path):
+    matmul = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+    a = jnp.ones((128, 128))
+    matmul(a).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        for _ in range(2):
+            matmul(a).block_until_ready()
+    ops = profile_ops.top_ops(str(tmp_path), steps=2)
+    assert ops and all(op.ms_per_step > 0 for op in ops)
+    assert sum(op.share for op in ops) == pytest.approx(1.0)  # all of them: fewer than 10 ops
+    with pytest.raises(FileNotFoundError, match="no jax.profiler trace"):
+        profile_ops.top_ops(str(tmp_path / "empty"), steps=1)
+
+
+def test_a_variant_runs_in_its_own_process_with_its_environment(tmp_path, monkeypatch):
+    """A variant's XLA_FLAGS reach its process: an unknown flag fails it, in one error row."""
+    monkeypatch.setitem(gpu_check.VARIANTS, "bogus_flag", {"XLA_FLAGS": "--xla_no_such_flag=1"})
+    rows = gpu_check.run_variants(
+        ["bogus_flag"], ["--dry_run", "--only=diffusion_small"], 60.0, str(tmp_path)
+    )
+    assert len(rows) == 1 and rows[0].variant == "bogus_flag", rows
+    assert rows[0].status.startswith("error: exit ") and "xla_no_such_flag" in rows[0].status
 
 
 def _attempts(fits_up_to: int, log: list):

@@ -9,8 +9,10 @@ synthetic data (no TensorFlow or clu is imported):
   (`mcm_jax.benchmarks.train_step_bench`), and ImageNet64 large CD at the largest batch that fits
   for each remat policy, the best of which is marked;
 - 8-step student sampling (DDIM, the eval job's sampler) at batch 256;
-- Inception features (the FID network, random weights) of 256 uint8 64x64 images, at the
-  FID path's precision "highest" and at "default";
+- Inception features (the FID network, random weights) of 256 uint8 64x64 images, at each
+  precision of `inception.PRECISIONS` (the FID path's is marked);
+- `batch_sweep`: the ImageNet64 small diffusion and CD steps at growing batches
+  (`--sweep_batches`) until one does not fit;
 - the train step of the 512 px text-to-image teacher (t2i512, 5.6B parameters, 128-token T5 XXL
   prompts) on one device at batch 4, or "oom".
 Each figure comes with img/s, TFLOP/s per device and MFU (`mcm_jax.hardware`), the device kind,
@@ -18,6 +20,11 @@ batch, commit and jax version, and `cudnn_attention`: whether the compiled progr
 fused-attention custom calls. It prints a markdown table and writes the rows as JSON after each
 item, so a run cut short keeps what it measured. `--budget_s` bounds the whole run: an item that
 would start past it is skipped, and the large-batch search stops trying bigger batches.
+
+To diagnose, not only measure: `--profile_dir` traces each train step and prints its ten most
+expensive operations (name, ms per step, share; `profile_ops`), and `--variants` runs the check
+once per A/B variant of VARIANTS, each in its own process (XLA reads its flags, and JAX its
+default PRNG, once per process), with the budget split between them, in one table.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import gc
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,16 +48,29 @@ from absl import app, flags
 from mcm_jax import (
     cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup,
 )
-from mcm_jax.benchmarks import train_step_bench
+from mcm_jax.benchmarks import profile_ops, train_step_bench
 from mcm_jax.eval.sampling import SamplerSetting
 from mcm_jax.fid import inception
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 from mcm_jax.models.layers import choose_attention_implementation
 
 ITEMS = (
-    "diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "cd_large",
-    "t2i_diffusion",
+    "diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "batch_sweep",
+    "cd_large", "t2i_diffusion",
 )
+# A/B variants: environment settings of one process (XLA_FLAGS are added to the caller's).
+VARIANTS = {
+    "baseline": {},
+    "cublaslt": {"XLA_FLAGS": "--xla_gpu_enable_cublaslt=true"},
+    "triton_gemm_off": {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"},
+    "triton_gemm_any": {"XLA_FLAGS": "--xla_gpu_triton_gemm_any=true"},
+    "cudnn_gemm_fusion": {"XLA_FLAGS": "--xla_gpu_cudnn_gemm_fusion_level=2"},
+    # Dropout bits from another PRNG: threefry (the default) costs many integer ops per bit.
+    "prng_rbg": {"JAX_DEFAULT_PRNG_IMPL": "rbg"},
+    "prng_unsafe_rbg": {"JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg"},
+    # XLA's default share of GPU memory is 75%: larger batches may fit with more.
+    "mem_fraction_95": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"},
+}
 # Fastest first, as far as one can tell without a GPU: dots_saveable recomputes only elementwise
 # work, "none" recomputes nothing but fits the smallest batch, "full" recomputes every block.
 REMAT_ORDER = ("dots_saveable", "none", "dots_with_no_batch_dims_saveable", "full")
@@ -72,6 +94,13 @@ flags.DEFINE_list("large_batches", ["32", "64", "128", "256", "512", "1024"],
 flags.DEFINE_string("profile_dir", "", "trace --profile_steps steps of each train-step item "
                     "into <profile_dir>/<item> (jax.profiler, for TensorBoard)", flag_values=FLAGS)
 flags.DEFINE_integer("profile_steps", 3, "steps per trace (with --profile_dir)", flag_values=FLAGS)
+flags.DEFINE_list("variants", [], f"A/B variants to run, each in its own process, of "
+                  f"{', '.join(VARIANTS)}", flag_values=FLAGS)
+flags.DEFINE_string("variant", "", "the variant this process runs (set by --variants)",
+                    flag_values=FLAGS)
+flags.DEFINE_list("sweep_batches", ["64", "128", "256", "512", "1024"],
+                  "the batches batch_sweep tries, ascending, until one does not fit",
+                  flag_values=FLAGS)
 
 
 @dataclasses.dataclass
@@ -91,6 +120,8 @@ class Row:
     status: str = "ok"  # "ok", "oom", "skipped: ...", "error: ..."
     best: bool = False
     note: str = ""
+    variant: str = ""
+    top_ops: list[dict] = dataclasses.field(default_factory=list)  # profile_ops.OpTime fields
 
 
 def _shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -162,6 +193,11 @@ def train_row(name: str, config: ml_collections.ConfigDict, steps: int, warmup: 
     row.img_per_s, row.tflops_per_device = figures["images_per_s"], figures["tflops_per_device"]
     row.mfu, row.compile_s = figures.get("mfu"), figures["compile_s"]
     row.cudnn_attention = bool(figures["cudnn_attention"])
+    if profile_dir and profile_steps:
+        ops = profile_ops.top_ops(profile_dir, profile_steps)
+        row.top_ops = [dataclasses.asdict(op) for op in ops]
+        print(f"{name}: the most expensive operations of a step\n{profile_ops.table(ops)}",
+              flush=True)
     return row
 
 
@@ -254,6 +290,23 @@ def largest_fitting(batches: Sequence[int], start: int, attempt: Callable[[int],
     return rows
 
 
+def sweep_rows(batches: Sequence[int], steps: int, warmup: int, deadline: float,
+               dry_run: bool) -> list[Row]:
+    """The ImageNet64 small diffusion and CD steps at each of the ascending `batches` until one
+    does not fit or the time runs out."""
+    rows = []
+    for kind in ("diffusion", "cd"):
+        for batch in batches:
+            if time.monotonic() >= deadline:
+                break
+            config = train_config(kind, "small", batch, dry_run)
+            rows.append(train_row(f"{kind}_small_sweep", config, steps, warmup))
+            jax.clear_caches()
+            if rows[-1].status != "ok":
+                break
+    return rows
+
+
 def _start_index(config: ml_collections.ConfigDict, batches: Sequence[int]) -> int:
     """The largest batch that `mcm_jax.memory`'s estimate fits into the device's memory limit
     (the estimate leaves out XLA's fusions, so it tends to be low: the search goes up from it);
@@ -332,8 +385,9 @@ def table(meta: dict, rows: Sequence[Row]) -> str:
         f"{meta['device_kind']} x{meta['device_count']}, jax {meta['jax_version']}, commit "
         f"{meta['commit']}" + (" (dry run: tiny networks)" if meta["dry_run"] else ""),
         "",
-        "| name | config | remat | batch | img/s | TFLOP/s | MFU | cudnn_attention | compile s | status |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---|",
+        "| name | variant | config | remat | batch | img/s | TFLOP/s | MFU | cudnn_attention "
+        "| compile s | status |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         name = f"{r.name} (best)" if r.best else r.name
@@ -341,7 +395,7 @@ def table(meta: dict, rows: Sequence[Row]) -> str:
         cudnn = "" if r.cudnn_attention is None else str(r.cudnn_attention).lower()
         status = r.status + (f" ({r.note})" if r.note else "")
         lines.append(
-            f"| {name} | {r.config} | {r.remat} | {r.batch} | {_fmt(r.img_per_s, '.1f')} | "
+            f"| {name} | {r.variant} | {r.config} | {r.remat} | {r.batch} | {_fmt(r.img_per_s, '.1f')} | "
             f"{_fmt(r.tflops_per_device, '.1f')} | {mfu} | {cudnn} | {_fmt(r.compile_s, '.0f')} | "
             f"{status} |"
         )
@@ -356,7 +410,8 @@ def as_json(meta: dict, rows: Sequence[Row]) -> dict:
 
 def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, steps: int,
         warmup: int, large_remat: Sequence[str], large_batches: Sequence[int],
-        json_path: str = "", profile_dir: str = "", profile_steps: int = 0) -> tuple[dict, list[Row]]:
+        sweep_batches: Sequence[int] = (), json_path: str = "", profile_dir: str = "",
+        profile_steps: int = 0, variant: str = "") -> tuple[dict, list[Row]]:
     """Runs `items` in ITEMS order within `budget_s`; returns (meta, rows)."""
     deadline = time.monotonic() + budget_s
     meta, rows = _meta(commit, dry_run), []
@@ -364,6 +419,8 @@ def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, st
     profile = lambda name: (os.path.join(profile_dir, name) if profile_dir else "", profile_steps)
 
     def add(new_rows: list[Row]) -> None:
+        for r in new_rows:
+            r.variant = variant
         rows.extend(new_rows)
         for r in new_rows:
             print(table(meta, [r]).splitlines()[-1], flush=True)
@@ -382,11 +439,43 @@ def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, st
         elif item == "inception":
             for precision in inception.PRECISIONS:
                 add([inception_row(inception_batch, precision, steps, warmup)])
+        elif item == "batch_sweep":
+            add(sweep_rows(sweep_batches, steps, warmup, deadline, dry_run))
         elif item == "cd_large":
             add(large_rows(large_remat, large_batches, max(steps // 2, 2), 1, deadline, dry_run))
         elif item == "t2i_diffusion":
             add([train_row(item, t2i_config(4, dry_run), max(steps // 2, 2), 1)])
     return meta, rows
+
+
+def run_variants(variants: Sequence[str], child_flags: list[str], budget_s: float,
+                 json_dir: str, profile_dir: str = "") -> list[Row]:
+    """Runs the check once per variant, each in its own process with its VARIANTS environment
+    and an equal share of `budget_s`; a variant whose process fails is one row saying why."""
+    rows = []
+    for name in variants:
+        env = dict(os.environ)
+        for key, value in VARIANTS[name].items():
+            env[key] = f"{env.get(key, '')} {value}".strip() if key == "XLA_FLAGS" else value
+        json_path = os.path.join(json_dir, f"gpu_check_{name}.json")
+        command = [sys.executable, "-m", "mcm_jax.benchmarks.gpu_check", *child_flags,
+                   f"--budget_s={budget_s / len(variants)}", f"--json={json_path}",
+                   f"--variant={name}"]
+        if profile_dir:
+            command.append(f"--profile_dir={os.path.join(profile_dir, name)}")
+        print(f"variant {name}: {' '.join(f'{k}={v}' for k, v in VARIANTS[name].items())}",
+              flush=True)
+        done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
+        if os.path.exists(json_path):
+            with open(json_path) as f:
+                fields = {f.name for f in dataclasses.fields(Row)}
+                rows += [Row(**{k: v for k, v in r.items() if k in fields})
+                         for r in json.load(f)["rows"]]
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append(Row("variant", "", 0, variant=name,
+                            status=f"error: exit {done.returncode}: {last[:200]}"))
+    return rows
 
 
 def main(argv: Sequence[str]) -> None:
@@ -398,17 +487,35 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"--only: unknown {sorted(unknown)}; items: {', '.join(ITEMS)}")
     if set(FLAGS.large_remat) - set(REMAT_ORDER):
         raise app.UsageError(f"--large_remat: each of {', '.join(REMAT_ORDER)}")
+    if set(FLAGS.variants) - set(VARIANTS):
+        raise app.UsageError(f"--variants: each of {', '.join(VARIANTS)}")
     batches = sorted(int(b) for b in FLAGS.large_batches)
+    sweep = sorted(int(b) for b in FLAGS.sweep_batches)
     steps, warmup = FLAGS.steps, FLAGS.warmup
     if FLAGS.dry_run:  # smaller defaults: the CPU is slow
         default = lambda name: FLAGS[name].using_default_value
         batches = [8, 16] if default("large_batches") else batches
+        sweep = [8, 16] if default("sweep_batches") else sweep
         steps, warmup = (2 if default("steps") else steps), (1 if default("warmup") else warmup)
+    if FLAGS.variants:
+        child_flags = [FLAGS[name].serialize() for name in (
+            "only", "commit", "steps", "warmup", "large_remat", "large_batches", "sweep_batches",
+            "profile_steps", "dry_run",
+        )]
+        variant_rows = run_variants(
+            FLAGS.variants, child_flags, FLAGS.budget_s,
+            os.path.dirname(os.path.abspath(FLAGS.json or "gpu_check.json")), FLAGS.profile_dir,
+        )
+        meta = _meta(FLAGS.commit, FLAGS.dry_run)
+        if FLAGS.json:
+            files.write_bytes_atomic(FLAGS.json, json.dumps(as_json(meta, variant_rows), indent=1).encode())
+        print("\n" + table(meta, variant_rows), flush=True)
+        return
     meta, rows = run(
         FLAGS.only, commit=FLAGS.commit, dry_run=FLAGS.dry_run, budget_s=FLAGS.budget_s,
         steps=steps, warmup=warmup, large_remat=FLAGS.large_remat,
-        large_batches=batches, json_path=FLAGS.json, profile_dir=FLAGS.profile_dir,
-        profile_steps=FLAGS.profile_steps,
+        large_batches=batches, sweep_batches=sweep, json_path=FLAGS.json,
+        profile_dir=FLAGS.profile_dir, profile_steps=FLAGS.profile_steps, variant=FLAGS.variant,
     )
     print("\n" + table(meta, rows), flush=True)
     if FLAGS.json:
