@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.17",
     "clu>=0.0.12",
     "pillow>=10",
+    "google-crc32c>=1.5",  # TFRecord checksums, to name a damaged record file
     "matplotlib>=3.8",
     # Text encoder and CLIP: keras-hub (launch/no-deps-requirements.txt) on Keras's JAX backend,
     # with the packages it imports; prompts are tokenized with sentencepiece (T5) and tokenizers
