@@ -256,8 +256,9 @@ def test_full_disk_stops_training_in_one_line_and_the_rerun_resumes(
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, digits_data_dir, six_step_run, mode):
-    """Tests run as root, whom file permissions do not stop, so the workdir is made read-only
-    as a read-only volume is: a read-only bind mount (EROFS for every user)."""
+    """Tests run as root (in CI too), whom file permissions do not stop, so a chmod'ed workdir
+    would be written anyway: the workdir is made read-only the way a read-only volume is, by a
+    read-only bind mount of itself, which refuses every user (EROFS)."""
     workdir = tmp_path / "run"
     shutil.copytree(six_step_run, workdir)
     eval_flags = ["--mode=eval", "--config.eval.num_samples=16", "--config.eval.batch_size=16"]
@@ -268,7 +269,8 @@ def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, digits_data_dir, s
     line = _one_error_line(result)
     expected = f"error: --workdir: cannot write into {workdir}: it is on a read-only file system"
     if mode == "eval":
-        expected += f"; the eval job writes its samples and scores into {workdir}/eval/n16_seed0_ema0"
+        expected += (f"; the eval job writes its samples and scores into "
+                     f"{workdir}/eval/n16_seed0_ema0")
     assert line == expected
 
 
@@ -307,6 +309,7 @@ def test_a_damaged_config_json_is_named(tmp_path, digits_data_dir, six_step_run,
     before = _tree_digest(workdir)
     extra = ["--mode=eval", "--config.eval.num_samples=16"] if mode == "eval" else []
 
-    line = _one_error_line(_run(_command(TEACHER, workdir, digits_data_dir, 9, *extra), check=False))
+    result = _run(_command(TEACHER, workdir, digits_data_dir, 9, *extra), check=False)
+    line = _one_error_line(result)
     assert line.startswith(f"error: {workdir}/config.json is damaged (not valid JSON: "), line
     assert _tree_digest(workdir) == before

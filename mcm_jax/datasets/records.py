@@ -9,7 +9,6 @@ import re
 import struct
 from collections.abc import Iterator
 
-import google_crc32c
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -175,5 +174,7 @@ def _damage_in(file: str, kind: str, offset: int) -> str | None:
 
 def _masked_crc(data: bytes) -> int:
     """TFRecord's masked CRC-32C of `data`."""
+    import google_crc32c  # only a damaged data set needs it
+
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
