@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.17",
     "clu>=0.0.12",
     "pillow>=10",
+    "google-crc32c>=1.5",  # TFRecord checksums, to name a damaged record file
     "matplotlib>=3.8",
     "filelock>=3.12",  # a data set built on first use is built once per data dir
     "psutil>=5.9",  # whether the run holding a workdir lock is still alive

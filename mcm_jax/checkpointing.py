@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import os
+import re
 import sys
 from typing import Any
 
@@ -40,20 +42,33 @@ class DamagedCheckpointError(ValueError):
     """A checkpoint step that cannot be read, or whose arrays differ from what was saved."""
 
 
-def _drop_reports_of_abandoned_reads() -> None:
-    """When a restore fails, the reads it still had in flight finish later: they find its event
-    loop closed (an unraisable RuntimeError, printed with a traceback) and leave futures and tasks
-    whose error nobody retrieves (logged by asyncio, with a traceback, when they are collected). The
-    failure itself reaches the caller once, as an exception; those two reports, and only those,
-    are dropped from the first restore on."""
+def _drop_reports_of_abandoned_work() -> None:
+    """When a save or restore fails (a full disk, a damaged file), orbax reports it several times
+    over besides raising it: each background thread that met it logs it with a traceback, the
+    reads and writes still in flight finish later and find their event loop closed (an unraisable
+    RuntimeError, printed with a traceback), and futures and tasks whose error nobody retrieves are
+    logged by asyncio, with a traceback, when they are collected. The failure itself reaches the
+    caller once, as an exception (its traceback shown on request); from the first Checkpointer
+    on, orbax's own reports keep their message and the error's first line but lose the traceback,
+    and the other two are dropped."""
     if getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
         return
     sys.unraisablehook = _dropping_closed_loop_reports(sys.unraisablehook)
     std_logging.getLogger("asyncio").addFilter(
-        lambda record: not record.getMessage().startswith(
-            ("Future exception was never retrieved", "Task exception was never retrieved")
-        )
+        lambda record: not re.match(r"\w+ exception was never retrieved", record.getMessage())
     )
+    std_logging.getLogger("absl").addFilter(_without_background_traceback)
+
+
+def _without_background_traceback(record: std_logging.LogRecord) -> bool:
+    """Keeps orbax's report of a failure as one line: its message and the error's first line."""
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+        error = record.exc_info[1]
+        summary = f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
+        message = record.getMessage()
+        record.msg = message if str(error) in message else f"{message} ({summary})"
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True
 
 
 def _on_every_process(flag: bool) -> bool:
@@ -138,6 +153,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+        _drop_reports_of_abandoned_work()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -225,7 +241,6 @@ class Checkpointer:
         return restored["ema_params"]
 
     def _restore(self, step: int, args: dict) -> Any:
-        _drop_reports_of_abandoned_reads()
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as error:  # noqa: BLE001  (any failure to read the files: see below)
@@ -286,11 +301,23 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote into its workdir."""
+    """The resolved config a run wrote into its workdir; a file that is not a JSON object is a
+    ValueError that names it."""
     path = epath.Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: is it the workdir of a training run?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+        fault = None if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        fault = f"not valid JSON: {error}"
+    if fault:
+        raise ValueError(
+            f"{path} is damaged ({fault}); it holds the run's resolved config, written by "
+            "training: restore it from a copy, or delete it and rerun the run's training command, "
+            "which writes it again"
+        )
+    return ml_collections.ConfigDict(saved)
 
 
 def resolve_step(checkpointer: Checkpointer, step: int, workdir: str) -> int:

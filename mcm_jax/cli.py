@@ -24,11 +24,9 @@ from typing import NoReturn
 from absl import app, flags
 
 VERBOSE_ENV = "MCM_JAX_VERBOSE"
-# What the project raises for a user's mistake or a fault of the run's files.
-USER_ERRORS = (
-    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-    FloatingPointError,
-)
+# What the project raises for a user's mistake or a fault of the run's files or disks (OSError:
+# a missing file, no permission, a read-only file system, a full disk, ...).
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 COMMAND_LINE_ERROR, RUN_ERROR = 2, 1
 FLAGS = flags.FLAGS
 

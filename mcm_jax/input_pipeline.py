@@ -184,6 +184,20 @@ def prepare(data_config: ml_collections.ConfigDict) -> None:
         multihost_utils.sync_global_devices(f"data set {data_config.name} prepared")
 
 
+def how_to_prepare(
+    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict
+) -> str:
+    """What makes `builder`'s data set (data.name in data.data_dir) anew, for a damaged one."""
+    if dataset_spec(data_config.name).captioned:
+        return (f"write {data_config.data_dir} again with the command that embedded its captions "
+                "(python -m mcm_jax.datasets.embed_text; see docs/data.md)")
+    if _prepared_elsewhere(data_config.name):
+        name = builder.info.full_name.rsplit("/", 1)[0]  # without the version
+        return (f"delete {builder.data_dir}, then run `python -m mcm_jax.datasets.prepare {name} "
+                f"--data_dir={builder.data_dir_root}` (see docs/data.md)")
+    return f"delete {builder.data_dir}; the next run builds it again"
+
+
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The builder of a prepared data set, never downloading: digits is built here (offline) if
     `prepare` has not built it; cifar10, imagenet_resized and imagenet2012 must have been
@@ -307,7 +321,8 @@ class TrainIterator:
         )
         ds = ds.batch(self._local_batch_size, drop_remainder=True)
         ds = ds.prefetch(self._config.prefetch)
-        return ds.as_numpy_iterator()
+        how = how_to_prepare(self._builder, self._config)
+        return records.numpy_batches(ds, self._builder, self._split, how)
 
     def _next_batch(self) -> Batch:
         """The next batch, moving on to the next epoch when this one is used up."""
@@ -449,4 +464,4 @@ def create_eval_iterator(
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
     ds = ds.batch(local_batch_size).prefetch(data_config.prefetch)
     ds = ds.with_options(records.read_options())
-    return ds.as_numpy_iterator()
+    return records.numpy_batches(ds, builder, share_split, how_to_prepare(builder, data_config))

@@ -7,8 +7,8 @@ them all) and hands (config, workdir) to the training loop or the eval job.
 A user's mistake ends in one line, `error: <message>`, without a traceback (mcm_jax.cli.run):
 exit status 2 for a command line that cannot be parsed (a bad flag value, an unknown --config.*
 key, a config file that does not load), 1 for a run refused or stopped (a bad config value or
-path, an incompatible run or checkpoint, a non-finite loss). --verbose, or MCM_JAX_VERBOSE=1,
-shows the traceback too. Other errors are bugs and keep their traceback.
+path, an incompatible run or checkpoint, a non-finite loss, a full disk). --verbose, or
+MCM_JAX_VERBOSE=1, shows the traceback too. Other errors are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import ml_collections
 from absl import flags, logging
 
-from mcm_jax import cli, main_flags, paths
+from mcm_jax import cli, files, main_flags, paths
 
 FLAGS = flags.FLAGS
 main_flags.define_flags(FLAGS)
@@ -34,14 +34,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     multihost.name_process_in_logs()
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-    if mode == "train":
-        from mcm_jax import train
+    try:
+        if mode == "train":
+            from mcm_jax import train
 
-        train.train(config, workdir)
-    else:
-        from mcm_jax.eval import evaluate
+            train.train(config, workdir)
+        else:
+            from mcm_jax.eval import evaluate
 
-        evaluate.evaluate(config, workdir)
+            evaluate.evaluate(config, workdir)
+    except Exception as error:
+        if not files.no_space_left(error):
+            raise
+        raise files.DiskFullError(error, workdir, *_rerun_after(mode, workdir)) from error
+
+
+def _rerun_after(mode: str, workdir: str) -> tuple[str, str]:
+    """(the job, what its rerun does) for the message of a job stopped by a full disk."""
+    if mode == "eval":
+        return "the eval job", "it continues from the samples it saved"
+    from mcm_jax import resume_config
+
+    step = resume_config.latest_saved_step(workdir)
+    if step is None:
+        return "training", "no checkpoint was saved yet, so it starts again"
+    return "training", f"it resumes from the last checkpoint, step {step}"
 
 
 def main(argv: list[str]) -> None:

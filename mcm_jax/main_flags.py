@@ -9,7 +9,9 @@ the one line to show (or, when asked for tracebacks, re-raises the error as it c
 
 from __future__ import annotations
 
+import os
 import re
+import traceback
 from collections.abc import Callable
 
 import ml_collections
@@ -47,8 +49,8 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
     flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
-def _override_error(argv: list[str], flag_values: flags.FlagValues) -> str | None:
-    """The message for the first --config.* override in argv that names no config field."""
+def _config_arg(argv: list[str], flag_values: flags.FlagValues) -> str | None:
+    """The value of --config in argv ("path[:arg]"), None if it has none."""
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
     config_arg = None
     for i, arg in enumerate(argv):
@@ -56,6 +58,34 @@ def _override_error(argv: list[str], flag_values: flags.FlagValues) -> str | Non
             config_arg = arg.split("=", 1)[1]
         elif re.match(r"^--?config$", arg) and i + 1 < len(argv):
             config_arg = argv[i + 1]
+    return config_arg
+
+
+def _config_file_error(error: Exception, config_arg: str | None) -> str | None:
+    """The message for `error` if the config file raised it as it was loaded (a syntax error, no
+    get_config, an error in its code), else None. config_flags lets these through as they are,
+    except ValueError and TypeError, which absl turns into a flags.Error."""
+    path = (config_arg or "").split(":", 1)[0]
+    if not path:
+        return None
+    is_config_file = lambda filename: os.path.abspath(filename) == os.path.abspath(path)
+    if isinstance(error, SyntaxError) and is_config_file(error.filename or ""):
+        return f"--config={path}: line {error.lineno}: {error.msg}"
+    if (isinstance(error, AttributeError) and error.name == "get_config"
+            and is_config_file(getattr(error.obj, "__file__", "") or "")):
+        return (f"--config={path}: the file defines no get_config; a config file defines "
+                "get_config(arg) that returns the config (see configs/)")
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if is_config_file(frame.filename)]
+    if not lines:
+        return None
+    return f"--config={path}: line {lines[-1]}: {type(error).__name__}: {error}"
+
+
+def _override_error(argv: list[str], flag_values: flags.FlagValues) -> str | None:
+    """The message for the first --config.* override in argv that names no config field."""
+    argv = flag_values.read_flags_from_files(argv, force_gnu=False)
+    config_arg = _config_arg(argv, flag_values)
     if config_arg is None:
         return None
     config = flag_values["config"].parser.parse(config_arg)
@@ -84,8 +114,10 @@ def parse(
         if verbose():
             raise
         raise CommandLineError(f"{message} (see --helpshort)") from e
-    except (KeyError, AttributeError, IndexError) as e:  # config_flags on an override of no field
-        message = _override_error(argv, flag_values)
+    except Exception as e:  # noqa: BLE001  (a config file may raise anything as it loads)
+        message = _config_file_error(e, _config_arg(argv, flag_values))
+        if message is None and isinstance(e, (KeyError, AttributeError, IndexError)):
+            message = _override_error(argv, flag_values)  # config_flags on an override of no field
         if message is None or verbose():
             raise
         raise CommandLineError(message) from e

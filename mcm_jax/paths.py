@@ -57,6 +57,26 @@ def resolve_directory(path: str | None, flag: str) -> str:
     return resolved
 
 
+def check_writable(path: str, flag: str, purpose: str = "") -> None:
+    """Refuses a local `path` (or, not made yet, its nearest existing parent) that this process
+    cannot write into: a read-only file system, or no write permission (EACCES; root writes
+    anyway). `purpose` says what would be written there. gs:// is checked by its first write."""
+    if "://" in path:
+        return
+    nearest = os.path.abspath(path)
+    while not os.path.exists(nearest):
+        nearest = os.path.dirname(nearest)
+    if os.access(nearest, os.W_OK | os.X_OK):
+        return
+    if os.statvfs(nearest).f_flag & os.ST_RDONLY:
+        reason = "it is on a read-only file system"
+    else:
+        reason = "no permission to write there"
+    raise PermissionError(
+        f"--{flag}: cannot write into {nearest}: {reason}" + (f"; {purpose}" if purpose else "")
+    )
+
+
 def resolve_workdir(workdir: str | None) -> str:
     """The absolute --workdir (`resolve_directory`)."""
     return resolve_directory(workdir, "workdir")

@@ -62,8 +62,9 @@ def config_changes(
     return forbidden, allowed
 
 
-def _latest_saved_step(workdir: epath.Path) -> int | None:
-    directory = workdir / checkpointing.CHECKPOINT_DIR
+def latest_saved_step(workdir: epath.PathLike) -> int | None:
+    """The newest complete checkpoint step in `workdir` (orbax names it by its number), or None."""
+    directory = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
     if not directory.is_dir():
         return None
     return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None)
@@ -77,9 +78,9 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     """
     path = epath.Path(workdir)
     config_file = path / checkpointing.CONFIG_FILE
-    allowed, latest = {}, _latest_saved_step(path)
+    allowed, latest = {}, latest_saved_step(path)
     if config_file.exists() and latest is not None:
-        saved = json.loads(config_file.read_text())
+        saved = checkpointing.read_config(workdir)
         forbidden, allowed = config_changes(saved, config)
         if forbidden:
             lines = "\n".join(

@@ -21,7 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mcm_jax import (
-    checkpointing, config_lib, data_config, hardware, images, losses, multihost, preemption,
+    checkpointing, config_lib, data_config, hardware, images, losses, multihost, paths, preemption,
     profiling, resume_config, run_setup, sharding, workdir_lock,
 )
 from mcm_jax.eval import prompts
@@ -119,6 +119,7 @@ def train(
         teacher_config = run_setup.check_teacher_matches(config)
     trainer = Trainer(setup, teacher_config)
     input_pipeline.validate(config.data, global_batch_size=config.training.batch_size)
+    paths.check_writable(workdir, "workdir")
     input_pipeline.prepare(config.data)
     # The teacher's checkpoint is loaded before anything is written, so a bad one leaves no trace.
     teacher_params = (

@@ -94,3 +94,25 @@ def test_traceback_on_request(tmp_path, args, env):
     code, stderr = _run(["mcm_jax.main_job", f"--workdir={tmp_path / 'a_file'}", *args], **env)
 
     assert code == 1 and "Traceback" in stderr and "NotADirectoryError: --workdir:" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, message",
+    [("def get_config(:\n    pass\n", "line 1: invalid syntax"),
+     ("import ml_collections\n", "the file defines no get_config; a config file defines "
+      "get_config(arg) that returns the config (see configs/)"),
+     ("def get_config(arg=None):\n    return undefined_name\n",
+      "line 2: NameError: name 'undefined_name' is not defined")],
+    ids=["syntax_error", "no_get_config", "error_in_get_config"],
+)
+def test_a_config_file_that_does_not_load_is_one_error_line(tmp_path, source, message):
+    config_file = tmp_path / "my_config.py"
+    config_file.write_text(source)
+    code, stderr = _run(["mcm_jax.main", f"--config={config_file}", f"--workdir={tmp_path}/w"])
+
+    assert code == 2, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert line == f"error: --config={config_file}: {message}"
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "w").exists()

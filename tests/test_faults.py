@@ -1,6 +1,8 @@
 """Faults a run meets: a damaged latest checkpoint, a workdir resumed with another run's config, a
-run that diverges before its first save. Each is met where a user meets it: on the command line."""
+run that diverges before its first save, a full disk, a read-only workdir, a damaged data set, a
+damaged config.json. Each is met where a user meets it: on the command line."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -196,3 +198,118 @@ def test_divergence_before_the_first_save_says_so(tmp_path, digits_data_dir):
     config.optimizer.warmup_steps = 4
     with pytest.raises(FloatingPointError, match="diverged before its first save"):
         train.train(config, str(tmp_path))
+
+
+def _one_error_line(result):
+    """The one `error:` line of a run that ended in a user error, with no traceback."""
+    assert result.returncode == 1, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    return errors[0]
+
+
+def _mount(*args):
+    """Runs mount(8); skips the test where this machine cannot mount (not root, no
+    CAP_SYS_ADMIN), which it needs to make a small or read-only file system for real."""
+    result = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a test file system here (needs root): {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _mounted(*args, at):
+    _mount(*args, at)
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", str(at)], check=True)
+
+
+@pytest.mark.slow
+def test_full_disk_stops_training_in_one_line_and_the_rerun_resumes(
+    tmp_path, digits_data_dir, six_step_run
+):
+    """A tmpfs as small as the run plus half a checkpoint: the save of step 9 finds the disk
+    full. Steps 3 and 6 stay intact; with the disk grown, the same command resumes from 6."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with _mounted("-t", "tmpfs", "-o", "size=64m", "tmpfs", at=disk):
+        workdir = disk / "run"
+        shutil.copytree(six_step_run, workdir)
+        saved = _tree_digest(workdir / "checkpoints")
+        half_a_step = sum(os.path.getsize(p) for p in (workdir / "checkpoints" / "6").rglob("*")
+                          if p.is_file()) // 2
+        _mount("-o", f"remount,size={shutil.disk_usage(disk).used + half_a_step}", disk)
+
+        line = _one_error_line(_run(_command(TEACHER, workdir, digits_data_dir, 9), check=False))
+        assert line.startswith(f"error: training stopped: no space left on the disk of {workdir} "
+                               f"({disk}: "), line
+        assert line.endswith("rerun the same command: it resumes from the last checkpoint, step 6")
+        assert all(_tree_digest(workdir / "checkpoints").get(f) == d for f, d in saved.items())
+
+        _mount("-o", "remount,size=64m", disk)
+        _run(_command(TEACHER, workdir, digits_data_dir, 9))
+        assert checkpointing.Checkpointer(str(workdir), read_only=True).all_steps() == [3, 6, 9]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, digits_data_dir, six_step_run, mode):
+    """Tests run as root (in CI too), whom file permissions do not stop, so a chmod'ed workdir
+    would be written anyway: the workdir is made read-only the way a read-only volume is, by a
+    read-only bind mount of itself, which refuses every user (EROFS)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    eval_flags = ["--mode=eval", "--config.eval.num_samples=16", "--config.eval.batch_size=16"]
+    with _mounted("--bind", workdir, at=workdir):
+        _mount("-o", "remount,bind,ro", workdir)
+        result = _run(_command(TEACHER, workdir, digits_data_dir, 6,
+                               *(eval_flags if mode == "eval" else [])), check=False)
+    line = _one_error_line(result)
+    expected = f"error: --workdir: cannot write into {workdir}: it is on a read-only file system"
+    if mode == "eval":
+        expected += (f"; the eval job writes its samples and scores into "
+                     f"{workdir}/eval/n16_seed0_ema0")
+    assert line == expected
+
+
+@pytest.mark.slow
+def test_a_cut_record_file_is_named_with_how_to_prepare_the_data_again(
+    tmp_path, digits_data_dir, six_step_run
+):
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(digits_data_dir, data_dir)
+    prepared = data_dir / "digits" / "16x16" / "1.0.0"
+    (shard,) = prepared.glob("digits-train.tfrecord-*")
+    with open(shard, "r+b") as f:  # a quarter left: fewer records than the shuffle buffer holds
+        f.truncate(os.path.getsize(shard) // 4)
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    saved = _tree_digest(workdir / "checkpoints")
+
+    line = _one_error_line(_run(_command(TEACHER, workdir, data_dir, 9), check=False))
+    assert line.startswith(f"error: data.data_dir: the record file {shard} is damaged (cut short: "
+                           "its record at byte "), line
+    assert line.endswith(f"prepare the data set again: delete {prepared}; the next run builds it "
+                         "again"), line
+    assert _tree_digest(workdir / "checkpoints") == saved
+
+    shutil.rmtree(prepared)  # as the message says
+    _run(_command(TEACHER, workdir, data_dir, 9))
+    assert checkpointing.Checkpointer(str(workdir), read_only=True).all_steps() == [3, 6, 9]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_damaged_config_json_is_named(tmp_path, digits_data_dir, six_step_run, mode):
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    (workdir / "config.json").write_text('{"seed": 0,')
+    before = _tree_digest(workdir)
+    extra = ["--mode=eval", "--config.eval.num_samples=16"] if mode == "eval" else []
+
+    result = _run(_command(TEACHER, workdir, digits_data_dir, 9, *extra), check=False)
+    line = _one_error_line(result)
+    assert line.startswith(f"error: {workdir}/config.json is damaged (not valid JSON: "), line
+    assert _tree_digest(workdir) == before

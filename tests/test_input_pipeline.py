@@ -5,6 +5,7 @@ import collections
 import hashlib
 import io
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from mcm_jax import input_pipeline
-from mcm_jax.datasets import digits_split, prepare
+from mcm_jax.datasets import digits_split, prepare, records
 from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
 from mcm_jax.datasets.tfds_mock import write_tfds_metadata
 
@@ -335,6 +336,48 @@ def test_batches_assemble_into_a_global_array(digits_config):
     assert images.shape == (16, 16, 16, 1) and labels.shape == (16,)
     assert len(images.addressable_shards) == jax.local_device_count()
     assert not tf.config.get_visible_devices("GPU")
+
+
+def _record_offset(path, index: int) -> int:
+    """The byte offset of record `index` of a TFRecord file (8-byte length, 4-byte CRC, data,
+    4-byte CRC)."""
+    data, offset = path.read_bytes(), 0
+    for _ in range(index):
+        offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+    return offset
+
+
+def _flip_byte(path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "where, damage",
+    [(12 + 5, "its record at byte {offset} fails its checksum"),  # in the record's data
+     (3, None)],  # in its length field: TensorFlow's offset then names no record boundary
+    ids=["data", "length"],
+)
+def test_a_corrupted_record_file_is_named(digits_config, tmp_path, where, damage):
+    config = digits_config.copy_and_resolve_references()
+    config.data_dir = str(tmp_path / "tfds")
+    shutil.copytree(digits_config.data_dir, config.data_dir)
+    prepared = tmp_path / "tfds" / "digits" / "16x16" / "1.0.0"
+    (shard,) = prepared.glob("digits-test.tfrecord-*")
+    offset = _record_offset(shard, 100)
+    _flip_byte(shard, offset + where)
+
+    with pytest.raises(records.DamagedDataError) as error:
+        list(input_pipeline.create_eval_iterator(config, global_batch_size=16))
+    how = f"; prepare the data set again: delete {prepared}; the next run builds it again"
+    if damage:
+        damage = damage.format(offset=offset)
+        expected = f"data.data_dir: the record file {shard} is damaged ({damage})"
+    else:
+        expected = (f"data.data_dir: a record file of digits/16x16/1.0.0 in {prepared} is damaged "
+                    f"(a corrupted record at byte {offset})")
+    assert str(error.value) == expected + how
 
 
 # ------------------------------------------------------------------------------- bad input

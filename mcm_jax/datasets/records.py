@@ -1,12 +1,19 @@
 """TFDS records into examples: a split's records, read in a fixed or seeded order with the images
-still encoded, and the decoding of a record into the example the model gets (image in [-1, 1],
-label, and for caption data the padded text and its mask). Shared by the training and evaluation
-iterators of mcm_jax/input_pipeline.py.
+still encoded, the decoding of a record into the example the model gets (image in [-1, 1],
+label, and for caption data the padded text and its mask), and the batches as numpy arrays, with
+a damaged record file named. Shared by the training and evaluation iterators of
+mcm_jax/input_pipeline.py.
 """
 
+import re
+import struct
+from collections.abc import Iterator
+
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from mcm_jax.data_config import DatasetSpec
 from mcm_jax.datasets import captions
@@ -84,3 +91,90 @@ def _image_decoder(
         return tf.cast(image, tf.float32) / 127.5 - 1.0
 
     return decode
+
+
+class DamagedDataError(ValueError):
+    """A record file of a prepared data set is cut short or corrupted."""
+
+
+def numpy_batches(
+    ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, split, how_to_prepare: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """The elements of `ds`, read from `split` of `builder`, as numpy; a damaged record file
+    (TensorFlow's DataLossError, which names no file) is a DamagedDataError that names it and
+    says `how_to_prepare` the data set again."""
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as error:
+            raise DamagedDataError(
+                f"{_damage(error.message, builder, split)}; prepare the data set again: "
+                f"{how_to_prepare}"
+            ) from error
+
+
+# TensorFlow's DataLossError while reading TFRecords: which damage, at which byte of some file. A
+# record is a uint64 length, the masked CRC-32C of those 8 bytes, the data and the data's masked
+# CRC-32C. "truncated" gives the offset of the record, "corrupted" that of the checksummed part
+# that failed: the length (the record's offset) or the data (12 bytes on).
+_DATA_LOSS = re.compile(r"(truncated|corrupted) record at (\d+)")
+_HEADER = 12
+
+
+def _damage(tf_message: str, builder: tfds.core.DatasetBuilder, split) -> str:
+    """Which record file of `split` is damaged, and how; the data set's directory where the
+    file cannot be told."""
+    match = _DATA_LOSS.search(tf_message)
+    if not match:
+        what = (tf_message.strip().splitlines() or ["data loss"])[0]
+    else:
+        kind, offset = match.group(1), int(match.group(2))
+        files = [instruction.filename
+                 for instruction in builder.info.splits[split].file_instructions]
+        for file in files:
+            damage = _damage_in(file, kind, offset)
+            if damage:
+                return f"data.data_dir: the record file {file} is damaged ({damage})"
+        what = f"a {kind} record at byte {offset}"
+    return (f"data.data_dir: a record file of {builder.info.full_name} in {builder.data_dir} is "
+            f"damaged ({what})")
+
+
+def _damage_in(file: str, kind: str, offset: int) -> str | None:
+    """What is wrong with `file` if it is the one TensorFlow found a `kind` record in at byte
+    `offset`: a record there (or, for a corrupted one, 12 bytes before) that the end of the file
+    cuts short or whose data fails its checksum. That record's length must pass its own
+    checksum, so a file where the offset is no record boundary is not taken for it (a damaged
+    length field itself cannot be pinned to a file this way)."""
+    start = offset if kind == "truncated" else offset - _HEADER
+    with epath.Path(file).open("rb") as f:
+        size = f.seek(0, 2)
+        if not 0 <= start < size:
+            return None
+        f.seek(start)
+        header = f.read(_HEADER)
+        if len(header) < _HEADER:
+            return (f"cut short: it ends inside the header of its record at byte {start}"
+                    if kind == "truncated" else None)
+        length, length_crc = struct.unpack("<QI", header)
+        if _masked_crc(header[:8]) != length_crc:
+            return None
+        end = start + _HEADER + length + 4
+        if end > size:
+            return (f"cut short: its record at byte {start} ends at byte {end}, past its end at "
+                    f"byte {size}") if kind == "truncated" else None
+        data = f.read(length + 4)
+        if kind == "corrupted" and _masked_crc(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+            return f"its record at byte {start} fails its checksum"
+    return None
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of `data`."""
+    import google_crc32c  # only a damaged data set needs it
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF

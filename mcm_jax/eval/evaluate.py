@@ -32,7 +32,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, data_config, files, images, multihost, samplers
+from mcm_jax import checkpointing, data_config, files, images, multihost, paths, samplers
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, prompts, report, sampling
 from mcm_jax.eval.config import METRICS, check_clip_fields, check_ema_index, default_eval_config
@@ -322,7 +322,11 @@ def evaluate(
         steps = [_agreed(checkpointing.resolve_step(ckpt, e.step, workdir))]
     check_run_matches(config, workdir)
     tag = e.name or f"n{e.num_samples}_seed{e.seed}_ema{e.ema_index}"
-    job = _Job(setup, settings, epath.Path(workdir) / "eval" / tag)
+    root = epath.Path(workdir) / "eval" / tag
+    paths.check_writable(
+        str(root), "workdir", f"the eval job writes its samples and scores into {root}"
+    )
+    job = _Job(setup, settings, root)
     rows: list[dict] = []
     for step in steps:
         rows = job.evaluate_step(ckpt, step, max_chunks, progress or (lambda done, total: None))
