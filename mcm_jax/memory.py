@@ -56,11 +56,11 @@ class StateBytes:
 
 
 def _per_device_bytes(tree, fsdp: int, min_size: int) -> int:
-    """Bytes one device holds of `tree` when its leaves are split by `sharding.param_spec`."""
+    """Bytes one device holds of `tree` when its leaves are split by `sharding.tree_specs`."""
     total = 0
-    for leaf in jax.tree.leaves(tree):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         nbytes = leaf.size * leaf.dtype.itemsize
-        split = sharding.FSDP in sharding.param_spec(tuple(leaf.shape), fsdp, min_size)
+        split = sharding.FSDP in sharding.leaf_spec(path, tuple(leaf.shape), fsdp, min_size)
         total += nbytes // fsdp if split else nbytes
     return total
 

@@ -29,7 +29,9 @@ from mcm_jax.schedules import Schedule
 Params = Any
 
 # Model fields that change how a network computes or trains, not which parameters it has.
-ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "middle_dropout", "name")
+ARCHITECTURE_EXEMPT = (
+    "dtype", "attention_impl", "remat", "scan_blocks", "level_dropout", "middle_dropout", "name",
+)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
