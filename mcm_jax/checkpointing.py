@@ -240,18 +240,17 @@ class Checkpointer:
             for name, target in targets.items():
                 shardings = jax.tree.map(lambda a: a.sharding, target)
                 to_wanted = jax.jit(
-                    lambda tree: stacking.to_layout(tree, wanted), out_shardings=shardings,
-                    donate_argnums=0,
+                    lambda tree: stacking.to_layout(tree, wanted), out_shardings=shardings
                 )
-                items[name] = to_wanted(items.pop(name))
+                items[name] = to_wanted(items[name])
         return items, restored["meta"]
 
     def _saved_layout(self, step: int) -> str | None:
         """The block layout the parameters of `step` were saved in (None where unknown: the
         restore then reads them as they are and fails as it would)."""
         try:
-            metadata = self.manager.item_metadata(step)
-            return stacking.tree_layout(metadata["params"].tree)
+            handler = ocp.StandardCheckpointHandler()
+            return stacking.tree_layout(handler.metadata(self.directory / str(step) / "params").tree)
         except Exception:  # noqa: BLE001  (unreadable metadata: the restore itself reports it)
             return None
 

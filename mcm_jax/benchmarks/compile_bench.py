@@ -7,7 +7,8 @@ For each run (PAPER_RUNS: ImageNet64/128 small/large diffusion and CD, t2i512 di
 and each block layout (model.scan_blocks on: "scanned"; off: "unrolled"), the train step as
 training jits it (mcm_jax.train.Trainer: shardings, donated state) is lowered and compiled for
 abstract inputs (jax.ShapeDtypeStruct; nothing is allocated) on one device of the default
-backend, at `--batch_per_device`; `lower()` and `compile()` are timed apart. Each measurement
+backend, at `--batch_per_device`; `lower()` and `compile()` are timed apart, in wall-clock and
+in CPU seconds. Each measurement
 runs in a fresh subprocess (no cache of an earlier trace or compile helps it, the persistent
 compilation cache is off) and appends one JSON line: the times, the size of the lowered program
 (StableHLO lines, dot_general ops), XLA's `compiled.memory_analysis()` (arguments, outputs,
@@ -63,7 +64,9 @@ def step_config(
 
 def lower_and_compile(config: ml_collections.ConfigDict) -> dict:
     """Lowers and compiles the train step of `config` for abstract inputs on the first
-    device; returns the seconds of each, the lowered program's size and XLA's memory."""
+    device; returns the seconds of each (wall clock, and CPU time of every thread of this
+    process, which other programs on a shared machine do not inflate), the lowered program's
+    size and XLA's memory."""
     trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1]))
     mesh = trainer.setup.mesh
     batch = {
@@ -71,17 +74,19 @@ def lower_and_compile(config: ml_collections.ConfigDict) -> dict:
         for key, spec in run_setup.batch_spec(config, config.training.batch_size).items()
     }
     teacher = trainer.abstract_teacher_params if config.objective == "mcm" else None
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     lowered = trainer.train_step.lower(trainer.abstract_state, batch, teacher)
-    lower_s = time.perf_counter() - start
+    lower_s, lower_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     text = lowered.as_text()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     analysis = compiled.memory_analysis()
     return {
         "lower_s": lower_s,
         "compile_s": compile_s,
+        "lower_cpu_s": lower_cpu_s,
+        "compile_cpu_s": compile_cpu_s,
         "stablehlo_lines": text.count("\n"),
         "dot_generals": text.count("stablehlo.dot_general"),
         "xla_bytes": {
@@ -154,7 +159,8 @@ def main(argv):
             r = json.loads(record)
             print(
                 f"{run:28s} {variant:8s} lower {r['lower_s']:7.1f} s  compile "
-                f"{r['compile_s']:8.1f} s  {r['stablehlo_lines']} lines, "
+                f"{r['compile_s']:8.1f} s (CPU {r['lower_cpu_s']:.1f} s, "
+                f"{r['compile_cpu_s']:.1f} s)  {r['stablehlo_lines']} lines, "
                 f"{r['dot_generals']} dots",
                 flush=True,
             )
