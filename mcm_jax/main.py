@@ -57,6 +57,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     multihost.name_process_in_logs()
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+    from mcm_jax import run_setup
+
+    logging.info("compilation cache: %s", run_setup.enable_compilation_cache(config) or "off")
     if mode == "train":
         from mcm_jax import train
 
