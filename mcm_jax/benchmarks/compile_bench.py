@@ -49,25 +49,28 @@ FLAGS = flags.FLAGS
 
 
 def step_config(
-    config: ml_collections.ConfigDict, scan_blocks: bool, batch_per_device: int, devices: int = 1
+    config: ml_collections.ConfigDict, scan_blocks: bool, batch_per_device: int,
+    devices: int = 1, fsdp: int = 1,
 ) -> ml_collections.ConfigDict:
     """`config` with the block layout, a global batch of batch_per_device per device and a
-    (devices, 1) mesh; a CD student's teacher is its own network (nothing is read)."""
+    (devices / fsdp, fsdp) mesh; a CD student's teacher is its own network (nothing is read)."""
     config = config.copy_and_resolve_references()
     config.model.scan_blocks = scan_blocks
     config.training.batch_size = batch_per_device * devices
-    config.mesh.update(data=-1, fsdp=1)
+    config.mesh.update(data=-1, fsdp=fsdp)
     if config.objective == "mcm":
         config.teacher.workdir = "(not read: the step is only compiled)"
     return config
 
 
-def lower_and_compile(config: ml_collections.ConfigDict) -> dict:
+def lower_and_compile(
+    config: ml_collections.ConfigDict, devices: int = 1, compiler_options: dict | None = None
+) -> dict:
     """Lowers and compiles the train step of `config` for abstract inputs on the first
-    device; returns the seconds of each (wall clock, and CPU time of every thread of this
+    `devices` devices (XLA's bytes are per device); returns the seconds of each (wall clock, and CPU time of every thread of this
     process, which other programs on a shared machine do not inflate), the lowered program's
     size and XLA's memory."""
-    trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1]))
+    trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:devices]))
     mesh = trainer.setup.mesh
     batch = {
         key: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding.batch_sharding(mesh))
@@ -79,7 +82,7 @@ def lower_and_compile(config: ml_collections.ConfigDict) -> dict:
     lower_s, lower_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     text = lowered.as_text()
     start, start_cpu = time.perf_counter(), time.process_time()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     analysis = compiled.memory_analysis()
     return {
@@ -98,10 +101,10 @@ def lower_and_compile(config: ml_collections.ConfigDict) -> dict:
     }
 
 
-def estimated_bytes(config: ml_collections.ConfigDict) -> dict:
+def estimated_bytes(config: ml_collections.ConfigDict, devices: int = 1) -> dict:
     """mcm_jax.memory's per-device bytes of the same step: the state it holds between steps
     (and a CD teacher), and the gradients plus activations it needs during the step."""
-    result = memory.report(config, num_devices=1, remats=(config.model.remat,))
+    result = memory.report(config, num_devices=devices, remats=(config.model.remat,))
     state = result["state"]
     return {
         "state": state.total,
