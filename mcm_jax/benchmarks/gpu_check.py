@@ -124,8 +124,8 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
 
 
 def t2i_config(batch: int, dry_run: bool, middle_blocks: int | None = None) -> ml_collections.ConfigDict:
-    """The text-to-image teacher on this process's devices alone (no fsdp), at a global `batch`,
-    with `middle_blocks` middle blocks (None: the paper's 16)."""
+    """The text-to-image teacher without fsdp (the t2i item runs it on one device) at a global
+    `batch`, with `middle_blocks` middle blocks (None: the paper's 16)."""
     config = presets.t2i_diffusion()
     config.mesh.fsdp = 1
     if dry_run:
@@ -161,13 +161,15 @@ def is_oom(error: BaseException) -> bool:
 
 
 def train_row(name: str, config: ml_collections.ConfigDict, steps: int, warmup: int,
-              profile_dir: str = "", profile_steps: int = 0) -> Row:
-    """Times the train step (train_step_bench); an out-of-memory error gives status "oom"."""
+              profile_dir: str = "", profile_steps: int = 0, devices: list | None = None) -> Row:
+    """Times the train step (train_step_bench) on `devices` (default: all); an out-of-memory
+    error gives status "oom"."""
     row = Row(name, _label(config), config.training.batch_size, attention_impl=_attention(config),
               remat=config.model.remat)
     try:
         figures = train_step_bench.benchmark(
-            config, steps=steps, warmup=warmup, profile_dir=profile_dir, profile_steps=profile_steps
+            config, steps=steps, warmup=warmup, profile_dir=profile_dir,
+            profile_steps=profile_steps, devices=devices,
         )
     except Exception as e:  # noqa: BLE001  (only out-of-memory is an answer; the rest is re-raised)
         if not is_oom(e):
@@ -316,7 +318,7 @@ def extrapolated_row(shallow: Row, deep: Row, shallow_depth: int, deep_depth: in
     step_ms = deep.step_ms + (blocks - deep_depth) * per_block_ms
     batch = full.training.batch_size
     flops = train_step.train_flops_per_example(full) * batch
-    tflops = flops / (step_ms / 1e3) / jax.device_count() / 1e12
+    tflops = flops / (step_ms / 1e3) / 1e12  # on one device
     peak = _peak(full)
     return Row(
         "t2i_diffusion", _label(full), batch, img_per_s=batch / (step_ms / 1e3),
@@ -330,11 +332,12 @@ def extrapolated_row(shallow: Row, deep: Row, shallow_depth: int, deep_depth: in
 
 def t2i_rows(depths: Sequence[int], full_depth: int, batch: int, steps: int, warmup: int,
              deadline: float, dry_run: bool) -> list[Row]:
-    """The t2i teacher's step at the deepest of the ascending `depths` that fits one device and
+    """The t2i teacher's step on one device at the deepest of the ascending `depths` that fits and
     at about half that depth, then the step of `full_depth` middle blocks extrapolated from the
     two (or measured, if it fits). Tries that did not fit are listed too."""
     def attempt(depth: int) -> Row:
-        row = train_row("t2i_diffusion", t2i_config(batch, dry_run, depth), steps, warmup)
+        row = train_row("t2i_diffusion", t2i_config(batch, dry_run, depth), steps, warmup,
+                        devices=jax.devices()[:1])
         jax.clear_caches()
         print(f"  t2i_diffusion {depth} middle blocks: {row.status}"
               + (f", {row.step_ms:.1f} ms per step" if row.step_ms else ""), flush=True)
