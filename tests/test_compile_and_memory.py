@@ -2,7 +2,7 @@
 compilation cache, and the GPU check's extrapolated text-to-image step."""
 
 import dataclasses
-import os
+import json
 
 import jax
 import pytest
@@ -100,9 +100,7 @@ def test_gpu_check_extrapolates_the_t2i_step_from_two_middle_depths_and_says_so(
 def test_gpu_check_dry_run_measures_two_t2i_depths_and_extrapolates(tmp_path):
     path = tmp_path / "gpu_check.json"
     gpu_check.main(["gpu_check", "--dry_run", "--only=t2i_diffusion", f"--json={path}",
-                    "--steps=2"])
-    import json
-
+                    "--steps=2", "--budget_s=3600"])  # the time budget must not cut the search
     rows = json.loads(path.read_text())["rows"]
     assert [r["status"] for r in rows] == ["ok", "ok", "extrapolated"], rows
     assert [r["config"].rsplit(" ", 1)[-1] for r in rows] == ["1", "2", "4"]
