@@ -264,9 +264,16 @@ def fsdp_losses(devices: list | None = None) -> list[float]:
     split = [leaf for leaf in jax.tree.leaves(state.params)
              if sharding.FSDP in leaf.sharding.spec]
     assert split, "no parameter is split over fsdp"
+    step = trainer.train_step.lower(state, global_batch, None).compile()
+    if jax.process_count() > 1:
+        # The processes finish compiling at different times, and the first collective waits only
+        # 30 s for its peer (gloo's context set-up): meet at the coordination service first.
+        from jax._src import distributed
+
+        distributed.global_state.client.wait_at_barrier("fsdp_test_compiled", 600_000)
     losses = []
     for _ in range(FSDP_STEPS):
-        state, metrics = trainer.train_step(state, global_batch, None)
+        state, metrics = step(state, global_batch, None)
         losses.append(float(metrics["loss"]))
     return losses
 
