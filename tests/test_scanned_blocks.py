@@ -173,7 +173,9 @@ def _digits_config(scan_blocks: bool):
 @pytest.mark.slow
 @pytest.mark.parametrize("written,restored", [(False, True), (True, False)],
                          ids=["unrolled-into-scanned", "scanned-into-unrolled"])
-def test_a_checkpoint_restores_into_the_other_block_layout(tmp_path, written, restored):
+def test_a_checkpoint_and_a_teachers_weights_load_into_the_other_block_layout(
+    tmp_path, written, restored
+):
     writer = train.Trainer(RunSetup.create(_digits_config(written)))
     state = writer.init_state()
     # Distinct values everywhere (Adam's moments are zero at init).
@@ -203,6 +205,12 @@ def test_a_checkpoint_restores_into_the_other_block_layout(tmp_path, written, re
         )))
         shardings = jax.tree.map(lambda a: a.sharding, getattr(reader.abstract_state, name))
         assert all(jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, items[name], shardings)))
+    # A student starts from a teacher's weights of the other layout.
+    started = reader.state_from_params(writer_params := jax.device_get(state.params))
+    assert all(jax.tree.leaves(jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), jax.device_get(started.params),
+        stacking.to_layout(writer_params, target),
+    )))
     # A teacher or eval job restores the EMA parameters alone the same way.
     ema = checkpointing.Checkpointer(str(tmp_path), read_only=True).restore_ema_params(
         5, reader.setup.abstract_ema_params()
