@@ -206,10 +206,11 @@ def test_a_checkpoint_and_a_teachers_weights_load_into_the_other_block_layout(
         shardings = jax.tree.map(lambda a: a.sharding, getattr(reader.abstract_state, name))
         assert all(jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, items[name], shardings)))
     # A student starts from a teacher's weights of the other layout.
-    started = reader.state_from_params(writer_params := jax.device_get(state.params))
+    teacher = jax.device_get(state.params)
+    started = reader.state_from_params(teacher)
     assert all(jax.tree.leaves(jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)), jax.device_get(started.params),
-        stacking.to_layout(writer_params, target),
+        stacking.to_layout(teacher, target),
     )))
     # A teacher or eval job restores the EMA parameters alone the same way.
     ema = checkpointing.Checkpointer(str(tmp_path), read_only=True).restore_ema_params(
