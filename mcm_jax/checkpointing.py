@@ -248,11 +248,13 @@ class Checkpointer:
     def _saved_layout(self, step: int) -> str | None:
         """The block layout the parameters of `step` were saved in (None where unknown: the
         restore then reads them as they are and fails as it would)."""
+        handler = ocp.StandardCheckpointHandler()
         try:
-            handler = ocp.StandardCheckpointHandler()
             return stacking.tree_layout(handler.metadata(self.directory / str(step) / "params").tree)
         except Exception:  # noqa: BLE001  (unreadable metadata: the restore itself reports it)
             return None
+        finally:
+            handler.close()
 
     def _restore(self, step: int, args: dict) -> Any:
         _drop_reports_of_abandoned_reads()
