@@ -59,7 +59,7 @@ class _Step(nn.Module):
     up block: concatenate, then a dense layer back to the width. keep_outputs (the down path)
     returns every block's output, the skips; otherwise none."""
 
-    block: nn.Module
+    block: nn.Module  # adopted under its field name, stacking.BLOCK
     merge_skip: bool
     keep_outputs: bool
 
@@ -255,10 +255,13 @@ class UViT(nn.Module):
                 stacking.stack_name("middle"),
             )
             h, _ = middle(h, None, conditions)
-        for index in range(0 if self.scan_blocks else self.middle_blocks):
-            name = f"middle_block{index}"
-            block = self._block(TRANSFORMER, self.middle_channels, self.middle_dropout, train, name)
-            h = block(h, *conditions)
+        else:
+            for index in range(self.middle_blocks):
+                name = f"middle_block{index}"
+                block = self._block(
+                    TRANSFORMER, self.middle_channels, self.middle_dropout, train, name
+                )
+                h = block(h, *conditions)
 
         for level, (kind, width, blocks, dropout) in reversed(list(enumerate(levels))):
             h = _upsample(nn.Dense(width, dtype=self.dtype, name=f"up{level}_proj")(h))
