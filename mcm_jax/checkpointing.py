@@ -227,7 +227,9 @@ class Checkpointer:
         checksums are checked on the arrays as saved, before any change of block layout."""
         saved, wanted = self._saved_layout(step), stacking.tree_layout(targets)
         convert = saved is not None and wanted is not None and saved != wanted
-        read_as = {k: stacking.to_layout(t, saved) for k, t in targets.items()} if convert else targets
+        read_as = targets
+        if convert:
+            read_as = {name: stacking.to_layout(t, saved) for name, t in targets.items()}
         args = {name: ocp.args.StandardRestore(target) for name, target in read_as.items()}
         restored = self._restore(step, dict(args, meta=ocp.args.JsonRestore()))
         items = {name: restored[name] for name in targets}

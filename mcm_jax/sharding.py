@@ -78,7 +78,9 @@ def tree_specs(tree: Any, fsdp_size: int, min_size: int = 2**18) -> Any:
 def tree_shardings(tree: Any, mesh: Mesh, min_size: int = 2**18) -> Any:
     """NamedShardings for every array leaf of `tree` (arrays or ShapeDtypeStructs)."""
     specs = tree_specs(tree, mesh.shape[FSDP], min_size)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def host_local_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -204,7 +204,9 @@ def test_a_checkpoint_and_a_teachers_weights_load_into_the_other_block_layout(
             lambda a, b: bool(np.array_equal(a, b)), jax.device_get(items[name]), expected
         )))
         shardings = jax.tree.map(lambda a: a.sharding, getattr(reader.abstract_state, name))
-        assert all(jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, items[name], shardings)))
+        assert all(jax.tree.leaves(
+            jax.tree.map(lambda a, s: a.sharding == s, items[name], shardings)
+        ))
     # A student starts from a teacher's weights of the other layout.
     teacher = jax.device_get(state.params)
     started = reader.state_from_params(teacher)

@@ -67,9 +67,9 @@ def lower_and_compile(
     config: ml_collections.ConfigDict, devices: int = 1, compiler_options: dict | None = None
 ) -> dict:
     """Lowers and compiles the train step of `config` for abstract inputs on the first
-    `devices` devices (XLA's bytes are per device); returns the seconds of each (wall clock, and CPU time of every thread of this
-    process, which other programs on a shared machine do not inflate), the lowered program's
-    size and XLA's memory."""
+    `devices` devices (XLA's bytes are per device); returns the seconds of each (wall clock, and
+    CPU time of every thread of this process, which other programs on a shared machine do not
+    inflate), the lowered program's size and XLA's memory."""
     trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:devices]))
     mesh = trainer.setup.mesh
     batch = {

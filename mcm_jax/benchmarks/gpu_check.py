@@ -123,7 +123,9 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
     return config
 
 
-def t2i_config(batch: int, dry_run: bool, middle_blocks: int | None = None) -> ml_collections.ConfigDict:
+def t2i_config(
+    batch: int, dry_run: bool, middle_blocks: int | None = None
+) -> ml_collections.ConfigDict:
     """The text-to-image teacher without fsdp (the t2i item runs it on one device) at a global
     `batch`, with `middle_blocks` middle blocks (None: the paper's 16)."""
     config = presets.t2i_diffusion()
