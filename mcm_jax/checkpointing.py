@@ -248,15 +248,18 @@ class Checkpointer:
         return items, restored["meta"]
 
     def _saved_layout(self, step: int) -> str | None:
-        """The block layout the parameters of `step` were saved in (None where unknown: the
-        restore then reads them as they are and fails as it would)."""
-        handler = ocp.StandardCheckpointHandler()
+        """The block layout the parameters of `step` were saved in, from the names of the
+        parameter tree's top-level entries in orbax's tree metadata (a JSON file, read without
+        orbax's asynchronous readers); None where unknown: the restore then reads the step as it
+        is and fails as it would."""
         try:
-            return stacking.tree_layout(handler.metadata(self.directory / str(step) / "params").tree)
-        except Exception:  # noqa: BLE001  (unreadable metadata: the restore itself reports it)
+            metadata = json.loads((self.directory / str(step) / "params" / "_METADATA").read_text())
+            names = {
+                entry["key_metadata"][0]["key"] for entry in metadata["tree_metadata"].values()
+            }
+        except (OSError, ValueError, KeyError, IndexError, TypeError):  # unreadable: see above
             return None
-        finally:
-            handler.close()
+        return stacking.layout(dict.fromkeys(names))
 
     def _restore(self, step: int, args: dict) -> Any:
         _drop_reports_of_abandoned_reads()
