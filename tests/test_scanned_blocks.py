@@ -55,12 +55,12 @@ def _random_params(model, seed: int = 0):
     )
 
 
-def _apply(model, train: bool = False, dropout_key=None):
+def _apply(model):
+    """params -> the model's output on _inputs(), without dropout."""
     args, text = _inputs()
-    rngs = None if dropout_key is None else {"dropout": dropout_key}
 
     def apply(params):
-        return model.apply({"params": params}, *args, train=train, rngs=rngs, **text)
+        return model.apply({"params": params}, *args, train=False, **text)
 
     return apply
 
@@ -109,10 +109,20 @@ def test_every_scanned_block_draws_its_own_dropout_mask_and_the_same_key_the_sam
             jax.debug.callback(functools.partial(record, path), output != 0, ordered=True)
         return output
 
+    args, text = _inputs()
+
+    def apply(params, key):
+        with nn.intercept_methods(interceptor):
+            return model.apply(
+                {"params": params}, *args, train=True, rngs={"dropout": key}, **text
+            )
+
+    compiled = jax.jit(apply).lower(params, jax.random.key(0)).compile(FAST_COMPILE)
+
     def call(key):
         masks.clear()
-        with nn.intercept_methods(interceptor):
-            _apply(model, train=True, dropout_key=key)(params)
+        jax.block_until_ready(compiled(params, key))
+        jax.effects_barrier()
         return list(masks)
 
     first, again, other = call(jax.random.key(1)), call(jax.random.key(1)), call(jax.random.key(2))
