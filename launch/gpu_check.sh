@@ -58,6 +58,9 @@ out=${OUT:-.}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 # A rerun on the same machine reuses compiled programs (compile s then shows the cache's time).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/mcm_jax_compilation_cache}
+# The share of device memory JAX preallocates: the t2i item searches for the deepest network that
+# fits, so it gets nearly all of it (the check's JSON records the value used).
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 status=0
 "$PYTHON" -m mcm_jax.benchmarks.gpu_check --commit="${commit:-unknown}" \
   --json="$out/gpu_check.json" "$@" || status=$?

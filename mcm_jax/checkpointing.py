@@ -9,6 +9,10 @@ Each step's meta also holds a checksum of every saved array, computed from the v
 devices when the step is saved. A restore recomputes them, so damaged files (truncated, missing,
 flipped bits) are found even where the file format itself does not notice; `restore_latest`
 then falls back to the newest step that restores intact, and moves the damaged ones aside.
+
+Parameters are saved in the layout of the network that trains (models/stacking.py: scanned or
+unrolled blocks). A restore into the other layout converts at restore: the step is read in the
+layout it was written in, checked, then stacked or unstacked into the target's shardings.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from mcm_jax import files
+from mcm_jax.models import stacking
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
@@ -198,11 +203,9 @@ class Checkpointer:
 
         Raises DamagedCheckpointError when the step cannot be read or its checksums differ.
         """
-        args = {name: ocp.args.StandardRestore(getattr(abstract_state, name)) for name in ARRAY_ITEMS}
-        restored = self._restore(step, dict(args, meta=ocp.args.JsonRestore()))
-        items = {name: restored[name] for name in ARRAY_ITEMS}
-        self._verify(step, items, restored["meta"])
-        return items, restored["meta"]
+        return self._restore_arrays(
+            step, {name: getattr(abstract_state, name) for name in ARRAY_ITEMS}
+        )
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, dict[str, Any], dict] | None:
         """(step, items, meta) of the newest step that restores intact, or None without steps.
@@ -233,12 +236,46 @@ class Checkpointer:
 
     def restore_ema_params(self, step: int, abstract_ema_params: Any) -> Any:
         """Restores only the EMA parameters of `step` (for a teacher or the eval job)."""
-        restored = self._restore(
-            step,
-            {"ema_params": ocp.args.StandardRestore(abstract_ema_params), "meta": ocp.args.JsonRestore()},
-        )
-        self._verify(step, {"ema_params": restored["ema_params"]}, restored["meta"])
-        return restored["ema_params"]
+        return self._restore_arrays(step, {"ema_params": abstract_ema_params})[0]["ema_params"]
+
+    def _restore_arrays(self, step: int, targets: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+        """Restores the array items `targets` names into their layouts, (items, meta); the
+        checksums are checked on the arrays as saved, before any change of block layout."""
+        saved, wanted = self._saved_layout(step), stacking.tree_layout(targets)
+        convert = saved is not None and wanted is not None and saved != wanted
+        read_as = targets
+        if convert:
+            read_as = {name: stacking.to_layout(t, saved) for name, t in targets.items()}
+        args = {name: ocp.args.StandardRestore(target) for name, target in read_as.items()}
+        restored = self._restore(step, dict(args, meta=ocp.args.JsonRestore()))
+        items = {name: restored[name] for name in targets}
+        self._verify(step, items, restored["meta"])
+        if convert:
+            logging.info(
+                "checkpoint step %d in %s has %s blocks: converting to %s", step, self.directory,
+                saved, wanted,
+            )
+            for name, target in targets.items():
+                shardings = jax.tree.map(lambda a: a.sharding, target)
+                to_wanted = jax.jit(
+                    lambda tree: stacking.to_layout(tree, wanted), out_shardings=shardings
+                )
+                items[name] = to_wanted(items[name])
+        return items, restored["meta"]
+
+    def _saved_layout(self, step: int) -> str | None:
+        """The block layout the parameters of `step` were saved in, from the names of the
+        parameter tree's top-level entries in orbax's tree metadata (a JSON file, read without
+        orbax's asynchronous readers); None where unknown: the restore then reads the step as it
+        is and fails as it would."""
+        try:
+            metadata = json.loads((self.directory / str(step) / "params" / "_METADATA").read_text())
+            names = {
+                entry["key_metadata"][0]["key"] for entry in metadata["tree_metadata"].values()
+            }
+        except (OSError, ValueError, KeyError, IndexError, TypeError):  # unreadable: see above
+            return None
+        return stacking.layout(dict.fromkeys(names))
 
     def _restore(self, step: int, args: dict) -> Any:
         try:

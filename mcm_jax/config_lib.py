@@ -105,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
     # bf16 dense peak per device for MFU. 0: look up jax.devices()[0].device_kind in
     # mcm_jax.hardware (an unknown device reports no MFU); > 0: use this value instead.
     c.peak_tflops_per_device = 0.0
+    # JAX's persistent compilation cache (with GPU autotuning results): a restart or the next run
+    # of the same program skips its compile. Local or gs://; "" turns it off; the environment
+    # variable JAX_COMPILATION_CACHE_DIR, where set, takes precedence.
+    c.compilation_cache_dir = "~/.cache/mcm_jax/jax_compilation_cache"
     c.eval = default_eval_config()  # the eval job (--mode=eval); fields: see mcm_jax.eval.config
     return c
 
@@ -281,6 +285,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         config.peak_tflops_per_device >= 0,
         "config.peak_tflops_per_device: must be >= 0 (0 looks the device up in mcm_jax.hardware), "
         f"got {config.peak_tflops_per_device}",
+    )
+    _require(
+        isinstance(config.compilation_cache_dir, str),
+        "config.compilation_cache_dir: must be a directory (local or gs://), or '' for no cache; "
+        f"got {config.compilation_cache_dir!r}",
     )
     _require(
         t.sample_method in SAMPLERS,

@@ -28,12 +28,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     paths.resolve_config_paths(config)
     import jax
 
-    from mcm_jax import distributed, multihost
+    from mcm_jax import distributed, multihost, run_setup
 
     distributed.start()
     multihost.name_process_in_logs()
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+    logging.info("compilation cache: %s", run_setup.enable_compilation_cache(config) or "off")
     try:
         if mode == "train":
             from mcm_jax import train

@@ -29,9 +29,9 @@ RESUMABLE = (
     "training.keep_checkpoints", "training.keep_period", "training.async_checkpointing",
     "training.sample_every", "training.sample_images", "training.sample_method",
     "training.sample_steps", "training.batch_size", "training.profile_steps",
-    "mesh.", "model.dtype", "model.attention_impl", "model.remat",
+    "mesh.", "model.dtype", "model.attention_impl", "model.remat", "model.scan_blocks",
     "data.data_dir", "data.num_parallel_calls", "data.prefetch",
-    "peak_tflops_per_device", "eval.",
+    "peak_tflops_per_device", "compilation_cache_dir", "eval.",
 )
 
 

@@ -7,6 +7,7 @@ the loading of a teacher's parameters, shared by the train and eval jobs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +30,9 @@ from mcm_jax.schedules import Schedule
 Params = Any
 
 # Model fields that change how a network computes or trains, not which parameters it has.
-ARCHITECTURE_EXEMPT = ("dtype", "attention_impl", "remat", "level_dropout", "middle_dropout", "name")
+ARCHITECTURE_EXEMPT = (
+    "dtype", "attention_impl", "remat", "scan_blocks", "level_dropout", "middle_dropout", "name",
+)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -40,6 +43,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     train_step.diffusion_loss_config(config)
     if config.objective == "mcm":
         train_step.consistency_loss_config(config)
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> str | None:
+    """Points JAX's persistent compilation cache at config.compilation_cache_dir (home expanded)
+    unless JAX_COMPILATION_CACHE_DIR is set or the field is empty; returns the directory in
+    use, or None. On a GPU the cache also keeps XLA's autotuning results
+    (jax_persistent_cache_enable_xla_caches), so a restart does not autotune again."""
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or config.compilation_cache_dir
+    if not directory:
+        return None
+    if not directory.startswith("gs://"):
+        directory = os.path.expanduser(directory)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:

@@ -3,7 +3,9 @@
 The mesh has a data axis and an fsdp axis. Batches are split over both (every device sees its own
 examples); parameters and optimizer state are replicated over `data` and, when large enough,
 split over `fsdp` along their largest divisible dimension (FSDP / ZeRO-3 style). XLA inserts the
-all-gathers and reduce-scatters this implies.
+all-gathers and reduce-scatters this implies. The stacked parameters of scanned blocks
+(models/stacking.py) are split like one block's: never along their leading (block) axis, which
+the scan slices one block at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from mcm_jax.models import stacking
 
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
@@ -56,11 +60,26 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
     return P()
 
 
+def leaf_spec(path: tuple, shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+    """param_spec of the leaf at key `path`; a stacked block parameter gets its one block's spec
+    behind an unsplit leading axis."""
+    if stacking.is_stacked(path):
+        return P(None, *param_spec(shape[1:], fsdp_size, min_size))
+    return param_spec(shape, fsdp_size, min_size)
+
+
+def tree_specs(tree: Any, fsdp_size: int, min_size: int = 2**18) -> Any:
+    """PartitionSpecs for every array leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf_spec(path, tuple(leaf.shape), fsdp_size, min_size), tree
+    )
+
+
 def tree_shardings(tree: Any, mesh: Mesh, min_size: int = 2**18) -> Any:
     """NamedShardings for every array leaf of `tree` (arrays or ShapeDtypeStructs)."""
-    fsdp_size = mesh.shape[FSDP]
+    specs = tree_specs(tree, mesh.shape[FSDP], min_size)
     return jax.tree.map(
-        lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, min_size)), tree
+        lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P)
     )
 
 

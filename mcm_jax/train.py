@@ -25,6 +25,7 @@ from mcm_jax import (
     profiling, resume_config, run_setup, sharding, workdir_lock,
 )
 from mcm_jax.eval import prompts
+from mcm_jax.models import stacking
 from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
@@ -73,9 +74,14 @@ class Trainer:
         return self._init(jax.random.PRNGKey(self.setup.config.seed))
 
     def state_from_params(self, params: Params) -> TrainState:
-        """A fresh state (step 0, new optimizer, EMA = params) starting from given parameters."""
+        """A fresh state (step 0, new optimizer, EMA = params) starting from given parameters,
+        of either block layout (a teacher may scan its blocks and the student not, or the
+        reverse: models/stacking.py)."""
         num_ema = len(self.setup.config.ema_decays)
-        make = lambda p: create_train_state(p, self.optimizer, num_ema)
+        layout = stacking.tree_layout(self.abstract_state.params)
+        make = lambda p: create_train_state(
+            stacking.to_layout(p, layout) if layout else p, self.optimizer, num_ema
+        )
         return jax.jit(make, out_shardings=self.state_shardings)(params)
 
 

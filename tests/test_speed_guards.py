@@ -36,39 +36,41 @@ ALLOWED_F32_OPERAND = {
 }
 
 
-def _equations(jaxpr: jax_core.Jaxpr):
-    """Every equation of `jaxpr` and of the jaxprs inside it (jit, remat, custom_vjp, loops)."""
+def _equations(jaxpr: jax_core.Jaxpr, times: int = 1):
+    """(equation, how many times it runs) for every equation of `jaxpr` and of the jaxprs inside
+    it (jit, remat, custom_vjp, loops); a scan's body runs `length` times (scanned blocks)."""
     for eqn in jaxpr.eqns:
-        yield eqn
+        yield eqn, times
+        inner = times * eqn.params["length"] if eqn.primitive.name == "scan" else times
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 if isinstance(sub, jax_core.ClosedJaxpr):
-                    yield from _equations(sub.jaxpr)
+                    yield from _equations(sub.jaxpr, inner)
                 elif isinstance(sub, jax_core.Jaxpr):
-                    yield from _equations(sub)
+                    yield from _equations(sub, inner)
 
 
 def _matmul_kinds(closed_jaxpr) -> collections.Counter:
     """Counts each matmul as "bf16" (bf16 operands), "attention_backward_dq_dk" (an allowed
     exception, see ALLOWED_F32_OPERAND) or "other: ..." (a matmul not in bf16)."""
     kinds = collections.Counter()
-    for eqn in _equations(closed_jaxpr.jaxpr):
+    for eqn, times in _equations(closed_jaxpr.jaxpr):
         if eqn.primitive.name not in MATMULS:
             continue
         dtypes = tuple(v.aval.dtype for v in eqn.invars)
         where = source_info_util.summarize(eqn.source_info)
         if all(d == BF16 for d in dtypes):
-            kinds["bf16"] += 1
+            kinds["bf16"] += times
         elif (
             eqn.primitive.name == "dot_general"
             and eqn.params.get("precision") == BF16_ALGORITHM
             and set(dtypes) == {BF16, jnp.dtype(jnp.float32)}
             and where.endswith("(SelfAttention.__call__)")
         ):
-            kinds["attention_backward_dq_dk"] += 1
+            kinds["attention_backward_dq_dk"] += times
         else:
             shapes = [v.aval.shape for v in eqn.invars]
-            kinds[f"other: {eqn.primitive.name} {dtypes} {shapes} at {where}"] += 1
+            kinds[f"other: {eqn.primitive.name} {dtypes} {shapes} at {where}"] += times
     return kinds
 
 
@@ -110,8 +112,13 @@ def _train_step_jaxpr(config):
     return jax.make_jaxpr(trainer.train_step)(trainer.abstract_state, batch, teacher)
 
 
-def _tiny_bf16(objective: str, method: str = "cd", remat: str = "none"):
-    config = config_lib.with_model(config_lib.base_config(), "tiny", dtype="bfloat16", remat=remat)
+def _tiny_bf16(objective: str, method: str = "cd", remat: str = "none", scan_blocks=False):
+    """The tiny network in bf16; scanned with two blocks per run (so each scan loops)."""
+    runs = dict(level_blocks=(2, 2), middle_blocks=2) if scan_blocks else {}
+    config = config_lib.with_model(
+        config_lib.base_config(), "tiny", dtype="bfloat16", remat=remat, scan_blocks=scan_blocks,
+        **runs,
+    )
     config.objective = objective
     config.mcm.method = method
     config.teacher.workdir = "unused-by-the-step"
@@ -133,6 +140,10 @@ def _paper_cd_small():
         pytest.param(lambda: _tiny_bf16("diffusion"), id="tiny_bf16-diffusion"),
         pytest.param(lambda: _tiny_bf16("mcm", "ct"), id="tiny_bf16-ct"),
         pytest.param(lambda: _tiny_bf16("mcm", "cd", remat="dots_saveable"), id="tiny_bf16-cd-remat"),
+        pytest.param(
+            lambda: _tiny_bf16("mcm", "cd", remat="dots_saveable", scan_blocks=True),
+            id="tiny_bf16-cd-remat-scanned",
+        ),
     ],
 )
 def test_train_step_gradient_multiplies_in_bf16(make_config):

@@ -13,8 +13,13 @@ synthetic data (no TensorFlow or clu is imported):
   precision of `inception.PRECISIONS` (the FID path's is marked);
 - `batch_sweep`: the ImageNet64 small diffusion and CD steps at growing batches
   (`--sweep_batches`) until one does not fit;
-- the train step of the 512 px text-to-image teacher (t2i512, 5.6B parameters, 128-token T5 XXL
-  prompts) on one device at batch 4, or "oom".
+- the train step of the 512 px text-to-image teacher (t2i512, 128-token T5 XXL prompts) on one
+  device at batch 4: its 5.6B parameters' state does not fit one device, so the middle stack
+  (16 blocks of 4096 channels, most of the parameters) is cut to the deepest of T2I_DEPTHS that
+  fits (the memory estimate picks where to start, an out-of-memory error steps down), and
+  measured there and at about half that depth. The difference is the time of one middle block;
+  the 16-block step is extrapolated from it and labelled so ("extrapolated" status).
+Compile and run are timed apart (compile s; step ms and the figures from it).
 Each figure comes with img/s, TFLOP/s per device and MFU (`mcm_jax.hardware`), the device kind,
 batch, commit and jax version, and `cudnn_attention`: whether the compiled program holds cuDNN's
 fused-attention custom calls. It prints a markdown table and writes the rows as JSON after each
@@ -46,7 +51,7 @@ import ml_collections
 from absl import app, flags
 
 from mcm_jax import (
-    cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup,
+    cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup, train_step,
 )
 from mcm_jax.benchmarks import profile_ops, train_step_bench
 from mcm_jax.eval.sampling import SamplerSetting
@@ -68,9 +73,11 @@ VARIANTS = {
     # Dropout bits from another PRNG: threefry (the default) costs many integer ops per bit.
     "prng_rbg": {"JAX_DEFAULT_PRNG_IMPL": "rbg"},
     "prng_unsafe_rbg": {"JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg"},
-    # XLA's default share of GPU memory is 75%: larger batches may fit with more.
-    "mem_fraction_95": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"},
 }
+T2I_DEPTHS = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16)  # middle_blocks the t2i item may try
+T2I_BATCH = 4
+# The dry run's stand-in: middle depths 1 and 2 measured, 4 extrapolated.
+DRY_RUN_T2I_DEPTHS, DRY_RUN_T2I_FULL_DEPTH = (1, 2), 4
 # Fastest first, as far as one can tell without a GPU: dots_saveable recomputes only elementwise
 # work, "none" recomputes nothing but fits the smallest batch, "full" recomputes every block.
 REMAT_ORDER = ("dots_saveable", "none", "dots_with_no_batch_dims_saveable", "full")
@@ -117,7 +124,8 @@ class Row:
     attention_impl: str = ""
     remat: str = ""
     compile_s: float | None = None
-    status: str = "ok"  # "ok", "oom", "skipped: ...", "error: ..."
+    step_ms: float | None = None
+    status: str = "ok"  # "ok", "oom", "extrapolated", "skipped: ...", "error: ..."
     best: bool = False
     note: str = ""
     variant: str = ""
@@ -144,20 +152,29 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
     return config
 
 
-def t2i_config(batch: int, dry_run: bool) -> ml_collections.ConfigDict:
-    """The text-to-image teacher on this process's devices alone (no fsdp), at a global `batch`."""
+def t2i_config(
+    batch: int, dry_run: bool, middle_blocks: int | None = None
+) -> ml_collections.ConfigDict:
+    """The text-to-image teacher without fsdp (the t2i item runs it on one device) at a global
+    `batch`, with `middle_blocks` middle blocks (None: the paper's 16)."""
     config = presets.t2i_diffusion()
     config.mesh.fsdp = 1
     if dry_run:
         config = _shrink(config)
         config.data.update(text_length=8, text_width=16)
+        config.model.scan_blocks = True  # as the paper's network
+    if middle_blocks is not None:
+        config.model.middle_blocks = middle_blocks
     config.training.batch_size = batch
     return config
 
 
 def _label(config: ml_collections.ConfigDict) -> str:
     method = f" {config.mcm.method} S={config.mcm.student_steps}" if config.objective == "mcm" else ""
-    return f"{config.model.name} {config.objective}{method} {config.model.dtype}"
+    label = f"{config.model.name} {config.objective}{method} {config.model.dtype}"
+    if config.model.name == "t2i512" or config.data.name == "captions":
+        label += f", middle blocks {config.model.middle_blocks}"
+    return label
 
 
 def _attention(config: ml_collections.ConfigDict) -> str:
@@ -175,13 +192,15 @@ def is_oom(error: BaseException) -> bool:
 
 
 def train_row(name: str, config: ml_collections.ConfigDict, steps: int, warmup: int,
-              profile_dir: str = "", profile_steps: int = 0) -> Row:
-    """Times the train step (train_step_bench); an out-of-memory error gives status "oom"."""
+              profile_dir: str = "", profile_steps: int = 0, devices: list | None = None) -> Row:
+    """Times the train step (train_step_bench) on `devices` (default: all); an out-of-memory
+    error gives status "oom"."""
     row = Row(name, _label(config), config.training.batch_size, attention_impl=_attention(config),
               remat=config.model.remat)
     try:
         figures = train_step_bench.benchmark(
-            config, steps=steps, warmup=warmup, profile_dir=profile_dir, profile_steps=profile_steps
+            config, steps=steps, warmup=warmup, profile_dir=profile_dir,
+            profile_steps=profile_steps, devices=devices,
         )
     except Exception as e:  # noqa: BLE001  (only out-of-memory is an answer; the rest is re-raised)
         if not is_oom(e):
@@ -192,6 +211,7 @@ def train_row(name: str, config: ml_collections.ConfigDict, steps: int, warmup: 
         gc.collect()
     row.img_per_s, row.tflops_per_device = figures["images_per_s"], figures["tflops_per_device"]
     row.mfu, row.compile_s = figures.get("mfu"), figures["compile_s"]
+    row.step_ms = figures["step_ms"]
     row.cudnn_attention = bool(figures["cudnn_attention"])
     if profile_dir and profile_steps:
         ops = profile_ops.top_ops(profile_dir, profile_steps)
@@ -265,11 +285,13 @@ def inception_row(batch: int, precision: str, steps: int, warmup: int) -> Row:
 
 def largest_fitting(batches: Sequence[int], start: int, attempt: Callable[[int], Row],
                     time_left: Callable[[float], bool]) -> list[Row]:
-    """The attempts of a search for the largest of the ascending `batches` that fits: from index
-    `start` down until one fits, then up while they fit and `time_left(cost of the last try)`."""
-    rows, index, fitted = [], min(start, len(batches) - 1), None
+    """The attempts of a search for the largest of the ascending `batches` (or any ascending
+    sizes: the t2i item's middle depths) that fits: from index `start` down until one fits, then
+    up while they fit and `time_left(cost of the last try)`."""
+    rows, index, fitted, tried = [], min(start, len(batches) - 1), None, set()
     while index >= 0:
         began = time.monotonic()
+        tried.add(batches[index])
         rows.append(attempt(batches[index]))
         cost = time.monotonic() - began
         if rows[-1].status == "ok":
@@ -278,7 +300,6 @@ def largest_fitting(batches: Sequence[int], start: int, attempt: Callable[[int],
         if not time_left(cost):
             return rows
         index -= 1
-    tried = {row.batch for row in rows}
     while (fitted is not None and fitted + 1 < len(batches) and batches[fitted + 1] not in tried
            and time_left(cost)):
         began = time.monotonic()
@@ -307,18 +328,103 @@ def sweep_rows(batches: Sequence[int], steps: int, warmup: int, deadline: float,
     return rows
 
 
+def _memory_limit() -> int | None:
+    return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
 def _start_index(config: ml_collections.ConfigDict, batches: Sequence[int]) -> int:
     """The largest batch that `mcm_jax.memory`'s estimate fits into the device's memory limit
     (the estimate leaves out XLA's fusions, so it tends to be low: the search goes up from it);
     the smallest batch where the limit is unknown (a CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
+    limit = _memory_limit()
     if not limit:
         return 0
     state = memory.state_bytes(config)  # parameters, optimizer, EMA, teacher; gradients below
     per_example = memory.activation_bytes_per_example(config)
     fits = [i for i, b in enumerate(batches) if state.total + state.params + b * per_example <= limit]
     return fits[-1] if fits else 0
+
+
+def _t2i_start_index(depths: Sequence[int], batch: int, dry_run: bool) -> int:
+    """The deepest of `depths` whose t2i step `mcm_jax.memory` fits into the device's memory
+    limit (the search corrects it either way); the shallowest where the limit is unknown."""
+    limit = _memory_limit()
+    if not limit:
+        return 0
+    fits = []
+    for index, depth in enumerate(depths):
+        config = t2i_config(batch, dry_run, depth)
+        state = memory.state_bytes(config)
+        needed = state.total + state.params + batch * memory.activation_bytes_per_example(config)
+        if needed <= limit:
+            fits.append(index)
+    return fits[-1] if fits else 0
+
+
+def extrapolated_row(shallow: Row, deep: Row, shallow_depth: int, deep_depth: int,
+                     full: ml_collections.ConfigDict) -> Row:
+    """The step of the `full` config (16 middle blocks) from two measured steps that differ only
+    in their middle depth: the time of one middle block is their difference per block, added
+    for each block the deeper one lacks. TFLOP/s and MFU from the full step's FLOPs."""
+    per_block_ms = (deep.step_ms - shallow.step_ms) / (deep_depth - shallow_depth)
+    blocks = full.model.middle_blocks
+    step_ms = deep.step_ms + (blocks - deep_depth) * per_block_ms
+    batch = full.training.batch_size
+    flops = train_step.train_flops_per_example(full) * batch
+    tflops = flops / (step_ms / 1e3) / 1e12  # on one device
+    peak = _peak(full)
+    return Row(
+        "t2i_diffusion", _label(full), batch, img_per_s=batch / (step_ms / 1e3),
+        tflops_per_device=tflops, mfu=tflops / peak if peak else None,
+        cudnn_attention=deep.cudnn_attention, attention_impl=deep.attention_impl,
+        remat=deep.remat, step_ms=step_ms, status="extrapolated",
+        note=f"{per_block_ms:.1f} ms per middle block, measured at {shallow_depth} and "
+        f"{deep_depth} middle blocks; {blocks} blocks extrapolated, not measured",
+    )
+
+
+def t2i_rows(depths: Sequence[int], full_depth: int, batch: int, steps: int, warmup: int,
+             deadline: float, dry_run: bool) -> list[Row]:
+    """The t2i teacher's step on one device at the deepest of the ascending `depths` that fits and
+    at about half that depth, then the step of `full_depth` middle blocks extrapolated from the
+    two (or measured, if it fits). Tries that did not fit are listed too."""
+    def attempt(depth: int) -> Row:
+        row = train_row("t2i_diffusion", t2i_config(batch, dry_run, depth), steps, warmup,
+                        devices=jax.devices()[:1])
+        jax.clear_caches()
+        print(f"  t2i_diffusion {depth} middle blocks: {row.status}"
+              + (f", {row.step_ms:.1f} ms per step" if row.step_ms else ""), flush=True)
+        return row
+
+    time_left = lambda cost: time.monotonic() + 1.5 * cost < deadline
+    tried: dict[int, Row] = {}  # depth -> its row
+
+    def attempt_once(depth: int) -> Row:
+        if depth not in tried:
+            tried[depth] = attempt(depth)
+        return tried[depth]
+
+    rows = largest_fitting(depths, _t2i_start_index(depths, batch, dry_run), attempt_once,
+                           time_left)
+    fitting = sorted(d for d, r in tried.items() if r.status == "ok")
+    full = t2i_config(batch, dry_run, full_depth)
+    if not fitting or fitting[-1] == full_depth:
+        return rows  # nothing fits, or the full network was measured
+    deep = fitting[-1]
+    shallow = max([d for d in depths if d <= deep // 2] or [d for d in depths if d < deep] or [0])
+    if shallow == 0:
+        rows.append(Row("t2i_diffusion", _label(full), batch, status="skipped: no shallower depth"))
+        return rows
+    if shallow not in tried:
+        if not time_left(0.0):
+            rows.append(Row("t2i_diffusion", _label(full), batch, status="skipped: time budget"))
+            return rows
+        rows.append(attempt(shallow))
+        tried[shallow] = rows[-1]
+    if tried[shallow].status != "ok":
+        return rows
+    rows.append(extrapolated_row(tried[shallow], tried[deep], shallow, deep, full))
+    return rows
 
 
 def large_rows(policies: Sequence[str], batches: Sequence[int], steps: int, warmup: int,
@@ -372,6 +478,7 @@ def _meta(commit: str, dry_run: bool) -> dict:
         "jaxlib_version": jaxlib.__version__,
         "python": platform.python_version(), "commit": commit, "dry_run": dry_run,
         "memory_limit_bytes": stats.get("bytes_limit"),
+        "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
     }
 
 
@@ -386,8 +493,8 @@ def table(meta: dict, rows: Sequence[Row]) -> str:
         f"{meta['commit']}" + (" (dry run: tiny networks)" if meta["dry_run"] else ""),
         "",
         "| name | variant | config | remat | batch | img/s | TFLOP/s | MFU | cudnn_attention "
-        "| compile s | status |",
-        "|---|---|---|---|---:|---:|---:|---:|---|---:|---|",
+        "| compile s | step ms | status |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         name = f"{r.name} (best)" if r.best else r.name
@@ -397,7 +504,7 @@ def table(meta: dict, rows: Sequence[Row]) -> str:
         lines.append(
             f"| {name} | {r.variant} | {r.config} | {r.remat} | {r.batch} | {_fmt(r.img_per_s, '.1f')} | "
             f"{_fmt(r.tflops_per_device, '.1f')} | {mfu} | {cudnn} | {_fmt(r.compile_s, '.0f')} | "
-            f"{status} |"
+            f"{_fmt(r.step_ms, '.1f')} | {status} |"
         )
     return "\n".join(lines)
 
@@ -444,7 +551,11 @@ def run(items: Sequence[str], *, commit: str, dry_run: bool, budget_s: float, st
         elif item == "cd_large":
             add(large_rows(large_remat, large_batches, max(steps // 2, 2), 1, deadline, dry_run))
         elif item == "t2i_diffusion":
-            add([train_row(item, t2i_config(4, dry_run), max(steps // 2, 2), 1)])
+            depths, full_depth = (
+                (DRY_RUN_T2I_DEPTHS, DRY_RUN_T2I_FULL_DEPTH) if dry_run
+                else (T2I_DEPTHS, presets.t2i_diffusion().model.middle_blocks)
+            )
+            add(t2i_rows(depths, full_depth, T2I_BATCH, max(steps // 2, 2), 1, deadline, dry_run))
     return meta, rows
 
 

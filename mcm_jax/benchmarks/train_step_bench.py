@@ -59,12 +59,15 @@ def benchmark(
     warmup: int = 3,
     profile_dir: str = "",
     profile_steps: int = 0,
+    devices: list | None = None,
 ) -> dict:
     """Compiles and times `steps` train steps after `warmup`; returns the figures (`mfu` and
     `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)
     and `cudnn_attention`, the cuDNN attention calls of the compiled step. With `profile_dir`,
-    `profile_steps` more steps are traced there (jax.profiler) after the timed ones."""
-    trainer = train.Trainer(RunSetup.create(config))
+    `profile_steps` more steps are traced there (jax.profiler) after the timed ones. `devices`:
+    the devices to run on (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    trainer = train.Trainer(RunSetup.create(config, devices))
     state = trainer.init_state()
     teacher = None
     if config.objective == "mcm":
@@ -91,7 +94,7 @@ def benchmark(
             jax.block_until_ready((state, metrics))
 
     flops = train_step.train_flops_per_example(config) * config.training.batch_size
-    tflops_per_device = flops / step_s / jax.device_count() / 1e12
+    tflops_per_device = flops / step_s / len(devices) / 1e12
     figures = {
         "compile_s": compile_s,
         "step_ms": 1e3 * step_s,

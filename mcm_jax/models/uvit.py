@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mcm_jax.models import stacking
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
 from mcm_jax.models.configs import RESNET, TRANSFORMER
 from mcm_jax.models.layers import ConditioningEmbedding, TextContext, sincos_position_embedding
@@ -18,12 +19,13 @@ from mcm_jax.models.validation import DTYPES, validate_static
 
 
 @functools.cache
-def _block_class(kind: str, remat: str) -> type[nn.Module]:
-    """The block for a level kind, wrapped in nn.remat unless remat is "none"."""
+def _block_class(kind: str, remat: str, prevent_cse: bool = True) -> type[nn.Module]:
+    """The block for a level kind, wrapped in nn.remat unless remat is "none". Inside a scan
+    prevent_cse can be off (the loop already keeps XLA from merging the recomputation away)."""
     block_class = ResNetBlock if kind == RESNET else TransformerBlock
     if remat == "none":
         return block_class
-    return nn.remat(block_class, policy=CHECKPOINT_POLICIES[remat])
+    return nn.remat(block_class, policy=CHECKPOINT_POLICIES[remat], prevent_cse=prevent_cse)
 
 
 def _downsample(x: jax.Array) -> jax.Array:
@@ -51,6 +53,27 @@ def _block_conditions(
     return (embedding, context)
 
 
+class _Step(nn.Module):
+    """The body of a scanned run of identical blocks: (h, skip, conditions) -> (h, output). With
+    merge_skip (the up path) it first merges the skip as the unrolled network does before each
+    up block: concatenate, then a dense layer back to the width. keep_outputs (the down path)
+    returns every block's output, the skips; otherwise none."""
+
+    block: nn.Module  # adopted under its field name, stacking.BLOCK
+    merge_skip: bool
+    keep_outputs: bool
+
+    @nn.compact
+    def __call__(
+        self, h: jax.Array, skip: jax.Array | None, conditions: tuple
+    ) -> tuple[jax.Array, jax.Array | None]:
+        if self.merge_skip:
+            merged = jnp.concatenate([h, skip], axis=-1)
+            h = nn.Dense(h.shape[-1], dtype=self.block.dtype, name=stacking.SKIP)(merged)
+        h = self.block(h, *conditions)
+        return h, (h if self.keep_outputs else None)
+
+
 class UViT(nn.Module):
     """apply(variables, z, logsnr, label, train=...) -> v_hat, float32, same shape as z (NHWC).
 
@@ -69,6 +92,11 @@ class UViT(nn.Module):
     cross-attention adds exactly 0, so it is the unconditional model, as the null label is for
     classes. A model may have text and class conditioning, either, or neither; with
     text_width = 0 text and text_mask must be None and the network is exactly the one without text.
+
+    scan_blocks: each run of identical blocks (a level's blocks on the way down, on the way up with
+    their skip merges, the middle stack) is one nn.scan, so XLA compiles one block per run instead
+    of every block; the function is the same, the parameters of a run are stacked on a leading
+    axis (the layouts and their conversion: stacking.py).
     """
 
     channels: int
@@ -88,6 +116,7 @@ class UViT(nn.Module):
     dtype: Any
     attention_impl: str
     remat: str
+    scan_blocks: bool = False
     text_width: int = 0
 
     def _check_text(
@@ -116,17 +145,40 @@ class UViT(nn.Module):
                 f"got {dtype} {shape}"
             )
 
-    def _block(self, kind: str, width: int, dropout: float, train: bool, name: str) -> nn.Module:
+    def _block(
+        self, kind: str, width: int, dropout: float, train: bool, name: str | None = None, *,
+        scanned: bool = False,
+    ) -> nn.Module:
+        """A block named `name`; scanned: unbound (a _Step adopts it) and for a scan's body."""
         shared = dict(channels=width, dropout=dropout, deterministic=not train, dtype=self.dtype)
+        if scanned:
+            shared["parent"] = None
+        block_class = _block_class(kind, self.remat, prevent_cse=not scanned)
         if kind == RESNET:
-            return _block_class(kind, self.remat)(norm_groups=self.norm_groups, name=name, **shared)
-        return _block_class(kind, self.remat)(
+            return block_class(norm_groups=self.norm_groups, name=name, **shared)
+        return block_class(
             head_dim=self.head_dim,
             mlp_ratio=self.mlp_ratio,
             attention_impl=self.attention_impl,
             name=name,
             **shared,
         )
+
+    def _blocks(
+        self, kind: str, width: int, dropout: float, train: bool, length: int, name: str, *,
+        merge_skip: bool = False, keep_outputs: bool = False,
+    ) -> nn.Module:
+        """`length` identical blocks as one nn.scan over a _Step: parameters stacked on a leading
+        axis (see stacking.py), a fresh dropout rng per block, the remat policy inside the body."""
+        scanned = nn.scan(
+            _Step,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0, nn.broadcast),
+            length=length,
+        )
+        block = self._block(kind, width, dropout, train, scanned=True)
+        return scanned(block=block, merge_skip=merge_skip, keep_outputs=keep_outputs, name=name)
 
     def _check_inputs(self, z: jax.Array, logsnr: jax.Array, label: jax.Array) -> None:
         pooling = 2 ** len(self.level_kinds)
@@ -175,34 +227,57 @@ class UViT(nn.Module):
         h = nn.Conv(self.level_channels[0], (3, 3), dtype=self.dtype, name="conv_in")(
             z.astype(self.dtype)
         )
-        skips = []
+        skips = []  # per block (unrolled), or per level, stacked on a leading axis (scanned)
         for level, (kind, width, blocks, dropout) in enumerate(levels):
             if level > 0:
                 h = nn.Dense(width, dtype=self.dtype, name=f"down{level}_proj")(_downsample(h))
             if kind == TRANSFORMER:
                 h = _add_position_embedding(h)
+            conditions = _block_conditions(kind, embedding, context)
+            if self.scan_blocks:
+                name = stacking.stack_name("down", level)
+                scanned = self._blocks(kind, width, dropout, train, blocks, name, keep_outputs=True)
+                h, level_skips = scanned(h, None, conditions)
+                skips.append(level_skips)
+                continue
             for index in range(blocks):
                 h = self._block(kind, width, dropout, train, f"down{level}_block{index}")(
-                    h, *_block_conditions(kind, embedding, context)
+                    h, *conditions
                 )
                 skips.append(h)
 
         h = nn.Dense(self.middle_channels, dtype=self.dtype, name="middle_proj")(_downsample(h))
         h = _add_position_embedding(h)
-        for index in range(self.middle_blocks):
-            name = f"middle_block{index}"
-            block = self._block(TRANSFORMER, self.middle_channels, self.middle_dropout, train, name)
-            h = block(h, *_block_conditions(TRANSFORMER, embedding, context))
+        conditions = _block_conditions(TRANSFORMER, embedding, context)
+        if self.scan_blocks:
+            middle = self._blocks(
+                TRANSFORMER, self.middle_channels, self.middle_dropout, train, self.middle_blocks,
+                stacking.stack_name("middle"),
+            )
+            h, _ = middle(h, None, conditions)
+        else:
+            for index in range(self.middle_blocks):
+                name = f"middle_block{index}"
+                block = self._block(
+                    TRANSFORMER, self.middle_channels, self.middle_dropout, train, name
+                )
+                h = block(h, *conditions)
 
         for level, (kind, width, blocks, dropout) in reversed(list(enumerate(levels))):
             h = _upsample(nn.Dense(width, dtype=self.dtype, name=f"up{level}_proj")(h))
             if kind == TRANSFORMER:
                 h = _add_position_embedding(h)
+            conditions = _block_conditions(kind, embedding, context)
+            if self.scan_blocks:
+                name = stacking.stack_name("up", level)
+                scanned = self._blocks(kind, width, dropout, train, blocks, name, merge_skip=True)
+                h, _ = scanned(h, skips.pop()[::-1], conditions)  # the last skip first
+                continue
             for index in range(blocks):
                 merged = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = nn.Dense(width, dtype=self.dtype, name=f"up{level}_skip{index}")(merged)
                 h = self._block(kind, width, dropout, train, f"up{level}_block{index}")(
-                    h, *_block_conditions(kind, embedding, context)
+                    h, *conditions
                 )
 
         h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
