@@ -178,7 +178,8 @@ def test_scripts_parse_and_pass_shellcheck(script):
 
 
 @pytest.mark.parametrize(
-    "script", ["launch/local.sh", "launch/test.sh", "launch/venv.sh", "launch/gpu_check.sh"]
+    "script",
+    ["launch/local.sh", "launch/test.sh", "launch/venv.sh", "launch/gpu_check.sh", "tests/slurm/cluster.sh"],
 )
 def test_local_scripts_parse_and_pass_shellcheck(script):
     path = os.path.join(ROOT, script)

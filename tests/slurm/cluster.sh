@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster from Debian's packages, for tests/test_slurm_cluster.py and by hand:
 #
-#   tests/slurm/cluster.sh install      apt-get install munge and slurm-wlm (root) if missing
+#   tests/slurm/cluster.sh install      apt-get install munge and slurm-wlm if missing (needs root;
+#                                       exit status 77 where they cannot be installed)
 #   tests/slurm/cluster.sh start DIR    config, state and logs in DIR; munged, slurmctld and slurmd
 #                                       started as daemons; prints `export SLURM_CONF=DIR/slurm.conf`
-#   tests/slurm/cluster.sh stop DIR     cancels every job, waits for it, stops the three daemons
+#   tests/slurm/cluster.sh stop DIR     cancels every job, waits for it to end, stops the daemons
 #
-# Everything of one cluster lives in DIR: its own munge key and socket, free TCP ports, spool and
-# state directories, pid and log files; nothing in /etc is read or changed, so it neither needs nor
-# disturbs a system cluster. Clients find it through SLURM_CONF. No systemd and no cgroups (as in
-# a container): processes are tracked by their parent (proctrack/linuxproc). The node is this
-# machine with 2 CPUs whatever it has (SlurmdParameters=config_overrides). Timings are short so a
-# test is quick: KillWait 30 s (SLURM's default), requeued and finished jobs stay visible to
-# `scontrol show job` for MinJobAge = 600 s.
+# Everything of one cluster lives in DIR: its munge key and socket, free TCP ports, spool and state
+# directories, pid and log files; nothing in /etc is read or changed, so it neither needs nor
+# disturbs a system cluster. Clients find it through SLURM_CONF. Everything runs as root, which is
+# why munged may keep its socket in a directory only root can enter (--force). No systemd and no
+# cgroups (as in a container): processes are tracked by their parent (proctrack/linuxproc). The
+# node is `localhost` (whatever the machine's name, so the tasks' jax.distributed coordinator
+# address resolves) with 2 CPUs whatever it has (SlurmdParameters=config_overrides). KillWait is
+# SLURM's default, 30 s; finished jobs stay visible to `scontrol show job` for MinJobAge = 600 s.
 set -euo pipefail
 
 die() {
@@ -54,16 +56,15 @@ install() {
 }
 
 write_config() {
-  local dir=$1 node
-  node=$(hostname -s)
+  local dir=$1
   mkdir -p "$dir"/{munge,state,spool}
-  chmod 711 "$dir/munge"
+  chmod 700 "$dir/munge"
   # munged wants a key of its user, readable by no one else.
   dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none
   chmod 400 "$dir/munge/munge.key"
   cat >"$dir/slurm.conf" <<EOF
 ClusterName=mcmtest
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=localhost
 SlurmctldPort=$(free_port)
 SlurmdPort=$(free_port)
 SlurmUser=root
@@ -94,7 +95,7 @@ KillWait=30
 MinJobAge=600
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName=$node NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -113,7 +114,7 @@ start() {
     --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" \
     --seed-file="$dir/munge/munged.seed"
   slurmctld -f "$SLURM_CONF"
-  slurmd -f "$SLURM_CONF"
+  slurmd -f "$SLURM_CONF" -N localhost
   if ! wait_for 60 node_idle; then
     tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
     die "the node did not come up within 60 s (logs above)"
