@@ -177,7 +177,7 @@ warned=0 terminated=0 interrupted=0
 on_usr1() {
   warned=1 interrupted=1
   echo "$(now) SIGUSR1 (time limit near, or preemption): SIGTERM to the tasks"
-  scancel --signal=TERM "$SLURM_JOB_ID"
+  scancel --signal=TERM "$SLURM_JOB_ID" || echo "$(now) scancel failed: the tasks get SIGTERM at the time limit"
 }
 on_term() {
   terminated=1 interrupted=1

@@ -4,8 +4,8 @@ installed and started on this machine as a one-node cluster by tests/slurm/clust
 One --requeue job, 2 tasks of the tiny digits teacher (CPU partition, gloo), goes through the
 three ways a job is stopped: the time limit (SLURM signals the batch shell, which has the tasks save
 and requeues the job), `scontrol requeue`, and `scancel`. Periodic checkpoints are off, so every
-saved step is the signal's. Skipped only where the packages are missing and cannot be installed
-(not root, no apt-get).
+saved step is the signal's. Skipped only where no cluster can run: not root, or the packages
+missing and no apt-get to install them.
 """
 
 import math
@@ -20,7 +20,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "tests", "slurm", "cluster.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sh")
-CANNOT_INSTALL = 77  # cluster.sh install: no root or no apt-get
+NO_CLUSTER = 77  # cluster.sh install: not root, or no packages and no apt-get
 SIGNAL_MARGIN = 90  # seconds; SLURM sends the signal 90 to 120 s before the time limit
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def slurm_env(tmp_path_factory):
     """The environment of a client of a running one-node cluster (SLURM_CONF); the daemons and
     any job left are stopped afterwards, also when the test fails."""
     install = subprocess.run([CLUSTER, "install"], capture_output=True, text=True, timeout=900)
-    if install.returncode == CANNOT_INSTALL:
+    if install.returncode == NO_CLUSTER:
         pytest.skip(install.stderr.strip())
     assert install.returncode == 0, install.stderr
     directory = tmp_path_factory.mktemp("slurm")
@@ -100,9 +100,11 @@ class Job:
         )
 
     def wait_until_requeued(self, restarts):
-        self.wait(f"restart {restarts} pending",
-                  lambda: _job(self.env, self.id)["Restarts"] == str(restarts)
-                  and _job(self.env, self.id)["JobState"] == "PENDING")
+        def requeued():
+            state = _job(self.env, self.id)
+            return state["JobState"] == "PENDING" and state["Restarts"] == str(restarts)
+
+        self.wait(f"the job pending for its restart {restarts}", requeued)
 
 
 def _saved_steps(workdir) -> list[int]:

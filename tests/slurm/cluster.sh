@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster from Debian's packages, for tests/test_slurm_cluster.py and by hand:
 #
-#   tests/slurm/cluster.sh install      apt-get install munge and slurm-wlm if missing (needs root;
-#                                       exit status 77 where they cannot be installed)
+#   tests/slurm/cluster.sh install      apt-get install munge and slurm-wlm if missing; exit
+#                                       status 77 where no cluster can run (not root, no apt-get)
 #   tests/slurm/cluster.sh start DIR    config, state and logs in DIR; munged, slurmctld and slurmd
 #                                       started as daemons; prints `export SLURM_CONF=DIR/slurm.conf`
 #   tests/slurm/cluster.sh stop DIR     cancels every job, waits for it to end, stops the daemons
@@ -37,15 +37,16 @@ wait_for() {
   done
 }
 
-# Exit status 77 (as automake's skip): the packages are missing and cannot be installed here.
+# Exit status 77 (as automake's skip): no cluster can run here (not root: slurmd and the jobs run
+# as root), or the packages are missing and there is no apt-get to install them.
 install() {
+  if [[ $(id -u) != 0 ]]; then
+    echo "cluster.sh: a SLURM cluster needs root (slurmd starts the jobs as root)" >&2
+    exit 77
+  fi
   if command -v munged && command -v slurmctld && command -v slurmd && command -v sbatch; then
     return 0
   fi >/dev/null
-  if [[ $(id -u) != 0 ]]; then
-    echo "cluster.sh: munge and slurm-wlm are not installed, and installing them needs root" >&2
-    exit 77
-  fi
   if ! command -v apt-get >/dev/null; then
     echo "cluster.sh: munge and slurm-wlm are not installed, and there is no apt-get" >&2
     exit 77
