@@ -13,7 +13,8 @@
 # steps but neither the batch shell nor srun (srun, given SIGTERM itself, would SIGKILL its tasks
 # before they save), waits for srun, and with --requeue requeues the job. scancel, `scontrol
 # requeue` and preemption send SIGTERM to the tasks themselves; the shell then only waits, so a
-# cancelled job stays cancelled.
+# cancelled job stays cancelled. A preemption with a grace time signals only the tasks: once they
+# have exited, the shell finds the job's PreemptTime and requeues it.
 set -euo pipefail
 
 usage() {
@@ -54,7 +55,8 @@ Stopping: --signal-margin seconds before the time limit the tasks get SIGTERM; t
 the step all tasks agree on and exits 0. With --requeue the job then requeues itself and resumes
 from that step under the same job id; without, submit the same command again. `scancel JOBID`
 cancels the job; `scontrol requeue JOBID` requeues it. Both, like a preemption, send SIGTERM to
-the tasks and give them KillWait seconds (SLURM's default: 30) to save before SIGKILL.
+the tasks and give them KillWait seconds (SLURM's default: 30) to save before SIGKILL. Details,
+and how to give the tasks more time: docs/launch.md, "SLURM clusters".
 
 Example:
   launch/slurm.sh --nodes=4 --partition=gpu --config=configs/imagenet64_diffusion.py:size=small \
