@@ -209,6 +209,7 @@ preempted() { scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'PreemptTi
 if [[ "$end" != finished* ]] && { ((warned)) || { ((!terminated)) && preempted; }; }; then
   if ((requeue)); then
     echo "$(now) requeueing job $SLURM_JOB_ID: it resumes from the workdir's latest checkpoint"
+    trap '' TERM  # the requeue sends SIGTERM to this shell and its children, scontrol included
     scontrol requeue "$SLURM_JOB_ID" && exit 0
     echo "$(now) scontrol requeue failed: submit the same command again to continue"
     exit 1

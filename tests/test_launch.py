@@ -453,10 +453,12 @@ sleep 60 &
 wait
 """,
     "scancel": '#!/bin/bash\necho "scancel $*" >>"$LOG"\nkill -TERM "$(<"$LOG.srun")"\n',
-    # `show job` of a job in a preemption's grace time says when it was preempted
+    # `show job` of a job in a preemption's grace time says when it was preempted; `requeue` of a
+    # running job sends SIGTERM to the batch shell and its children (this scontrol too) at once
     "scontrol": """#!/bin/bash
 echo "scontrol $*" >>"$LOG"
 [[ $1 != show ]] || echo "   PreemptEligibleTime=2026-12-07T08:47:55 PreemptTime=${PREEMPT_TIME:-None}"
+[[ $1 != requeue ]] || { kill -TERM "$PPID" $$; sleep 0.2; }
 """,
 }
 
