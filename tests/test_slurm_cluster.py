@@ -22,6 +22,7 @@ CLUSTER = os.path.join(ROOT, "tests", "slurm", "cluster.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sh")
 NO_CLUSTER = 77  # cluster.sh install: not root, or no packages and no apt-get
 SIGNAL_MARGIN = 90  # seconds; SLURM sends the signal 90 to 120 s before the time limit
+ENDED = ("FAILED", "COMPLETED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "DEADLINE")
 pytestmark = pytest.mark.slow
 
 
@@ -80,6 +81,8 @@ class Job:
     def wait(self, what, condition):
         while not (found := condition()):
             assert time.time() < self.deadline, f"timed out waiting for {what}\n{self.diagnosis()}"
+            state = _job(self.env, self.id)["JobState"]
+            assert state not in ENDED, f"the job ended ({state}) while waiting for {what}\n{self.diagnosis()}"
             time.sleep(1)
         return found
 
@@ -151,8 +154,9 @@ def test_time_limit_and_requeue_resume_from_the_saved_step_and_scancel_cancels(
     assert f"srun exited with status 0; task 0: saved step {saved}, exiting for requeue" in batch
     assert f"requeueing job {job_id}" in batch
     assert _saved_steps(workdir) == [saved] and saved > 0
-    # SLURM holds a requeued job for about two minutes; start it now, with room to run.
-    _slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=10")
+    # SLURM holds a requeued job for about two minutes; start it sooner, with room to run (not in
+    # the second of the requeue: slurmd refuses a launch credential no newer than its revocation).
+    _slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now+2", "TimeLimit=10")
 
     # `scontrol requeue`: SLURM sends SIGTERM to the tasks and requeues the job itself.
     assert job.wait_for_step(1, r"resuming from step (\d+)") == saved
@@ -164,7 +168,7 @@ def test_time_limit_and_requeue_resume_from_the_saved_step_and_scancel_cancels(
     batch = job.batch_log(1)
     assert "SIGTERM: the job is cancelled, requeued or preempted" in batch, batch
     assert "SIGUSR1" not in batch and "requeueing job" not in batch
-    _slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    _slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now+2")
 
     # `scancel`: the tasks save (they have KillWait, 30 s) and the job stays cancelled.
     assert job.wait_for_step(2, r"resuming from step (\d+)") == requeued

@@ -14,7 +14,8 @@
 # cgroups (as in a container): processes are tracked by their parent (proctrack/linuxproc). The
 # node is `localhost` (whatever the machine's name, so the tasks' jax.distributed coordinator
 # address resolves) with 2 CPUs whatever it has (SlurmdParameters=config_overrides). KillWait is
-# SLURM's default, 30 s; finished jobs stay visible to `scontrol show job` for MinJobAge = 600 s.
+# SLURM's default, 30 s; pending jobs are looked at every 2 s (sched_interval; default 60 s);
+# finished jobs stay visible to `scontrol show job` for MinJobAge = 600 s.
 set -euo pipefail
 
 die() {
@@ -86,6 +87,7 @@ TaskPlugin=task/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 AccountingStorageType=accounting_storage/none
