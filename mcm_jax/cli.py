@@ -98,7 +98,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def define_verbose(flag_values: flags.FlagValues) -> None:
     """--verbose: show a user error's traceback too."""
     flags.DEFINE_bool("verbose", False, "Show the traceback of a user error, not only its "
-                      f"message ({VERBOSE_ENV}=1 too).", flag_values=flag_values)
+                      "message, and (mcm_jax.main) the libraries' INFO log lines "
+                      f"({VERBOSE_ENV}=1 too).", flag_values=flag_values)
 
 
 def run(main: Callable[[Sequence[str]], None], own_flags: flags.FlagValues | None = None) -> None:

@@ -167,8 +167,15 @@ def _build_once(builder: tfds.core.DatasetBuilder) -> None:
         if lock.is_locked:
             logging.info("waiting for another process to finish building %s", target)
         with lock:
-            builder.download_and_prepare()  # returns at once if another process built it
+            _build(builder)  # nothing to do if another process built it meanwhile
     else:  # gs:// and other object stores have no locks: `prepare` has process 0 build it
+        _build(builder)
+
+
+def _build(builder: tfds.core.DatasetBuilder) -> None:
+    """Builds `builder`'s data set unless it is built, with a line in the run's log saying so."""
+    if not builder.is_prepared():
+        logging.info("building the %s data set in %s (first use)", builder.name, builder.data_dir)
         builder.download_and_prepare()
 
 

@@ -9,6 +9,9 @@ exit status 2 for a command line that cannot be parsed (a bad flag value, an unk
 key, a config file that does not load), 1 for a run refused or stopped (a bad config value or
 path, an incompatible run or checkpoint, a non-finite loss, a full disk). --verbose, or
 MCM_JAX_VERBOSE=1, shows the traceback too. Other errors are bugs and keep their traceback.
+
+The log holds the run's own lines (mcm_jax's and clu's metric lines) and every warning; other
+libraries' INFO lines (orbax logs dozens per checkpoint) show only with --verbose.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     paths.resolve_config_paths(config)
     import jax
 
-    from mcm_jax import distributed, multihost, run_setup
+    from mcm_jax import distributed, log_filter, multihost, run_setup
 
     distributed.start()
     multihost.name_process_in_logs()
+    if not cli.verbose():
+        log_filter.quiet_libraries()
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     logging.info("compilation cache: %s", run_setup.enable_compilation_cache(config) or "off")

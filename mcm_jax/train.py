@@ -154,10 +154,13 @@ def _train_in_workdir(
     watcher = preemption.PreemptionWatcher(ckpt.manager, ckpt.latest_step() or 0)
     with watcher:
         state, data_state = _initial_state(trainer, ckpt, teacher_params)
-        if int(state.step) >= t.num_steps:
+        start_step = int(state.step)
+        if multihost.is_chief():
+            logging.info("resuming from step %d" if start_step else "starting at step %d", start_step)
+        if start_step >= t.num_steps:
             logging.warning(
                 "nothing to train: the run in %s is at step %d and config.training.num_steps is "
-                "%d; raise num_steps to train further", workdir, int(state.step), t.num_steps,
+                "%d; raise num_steps to train further", workdir, start_step, t.num_steps,
             )
         state = _train_loop(
             config, workdir, trainer, ckpt, watcher, state, data_state, teacher_params,
@@ -165,6 +168,10 @@ def _train_in_workdir(
         )
     ckpt.wait()
     ckpt.close()
+    end_step = int(state.step)
+    if multihost.is_chief():  # the loop stops before num_steps only for a preemption notice
+        logging.info("finished at step %d" if end_step >= t.num_steps
+                     else "saved step %d, exiting for requeue", end_step)
     return state
 
 

@@ -178,7 +178,8 @@ def test_scripts_parse_and_pass_shellcheck(script):
 
 
 @pytest.mark.parametrize(
-    "script", ["launch/local.sh", "launch/test.sh", "launch/venv.sh", "launch/gpu_check.sh"]
+    "script",
+    ["launch/local.sh", "launch/test.sh", "launch/venv.sh", "launch/gpu_check.sh", "tests/slurm/cluster.sh"],
 )
 def test_local_scripts_parse_and_pass_shellcheck(script):
     path = os.path.join(ROOT, script)
@@ -388,6 +389,13 @@ def test_tpu_vm_setup_from_git_and_argument_errors():
     assert unknown.returncode == 2 and "--zon=x" in unknown.stderr
 
 
+def _slurm_script(*args) -> tuple[str, str]:
+    """The batch script `launch/slurm.sh --dry-run ARGS` prints, and its closing comment."""
+    out = _run(SLURM, "--dry-run", "--config=c.py", "--workdir=/shared/run", *args).stdout
+    script, submit = out.rsplit("\n# submit with: ", 1)
+    return script + "\n", submit.strip()
+
+
 def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
     logs = tmp_path / "logs"
     out = _run(
@@ -397,75 +405,205 @@ def test_slurm_dry_run_prints_a_batch_script_with_srun_per_gpu(tmp_path):
         "--data-dir=/shared/tfds", "--mode=eval", "--", "--config.teacher.workdir=/shared/teacher",
     ).stdout
     script, submit = out.rsplit("\n# submit with: ", 1)
+    lines = script.splitlines()
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --cpus-per-task=12", "#SBATCH --partition=gpu", "#SBATCH --account=acct",
-                 "#SBATCH --qos=high", "#SBATCH --signal=TERM@300",
-                 f"#SBATCH --output={logs}/%x-%j.out"):
-        assert line in script.splitlines()
+                 "#SBATCH --qos=high", "#SBATCH --signal=B:USR1@300",
+                 f"#SBATCH --output={logs}/%x-%j.out", "#SBATCH --open-mode=append", "requeue=0",
+                 f'task_log={logs}/"$SLURM_JOB_NAME-$SLURM_JOB_ID-attempt${{SLURM_RESTART_COUNT:-0}}-task"'):
+        assert line in lines
     assert "--requeue" not in script
-    srun = shlex.split(script.splitlines()[-1])
-    assert srun == [
-        # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05); one log per task
-        "srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", f"--output={logs}/%x-%j-task%t.out",
-        "--open-mode=append", "/opt/venv/bin/python", "-m", "mcm_jax.main",
+    (srun_line,) = [line for line in lines if line.startswith("srun ")]
+    assert shlex.split(srun_line) == [
+        # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05); one log per task and attempt
+        "srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", "--output=${task_log}%t.out",
+        "/opt/venv/bin/python", "-m", "mcm_jax.main",
         "--config=configs/imagenet128_mcm.py:steps=4,method=cd", "--workdir=/shared/run", "--mode=eval",
-        "--config.data.data_dir=/shared/tfds", "--config.teacher.workdir=/shared/teacher",
+        "--config.data.data_dir=/shared/tfds", "--config.teacher.workdir=/shared/teacher", "&",
     ]
-    assert submit.strip() == f"sbatch {logs}/mcm.sbatch"
+    assert submit.strip() == f"sbatch --parsable FILE, then keep FILE as {logs}/mcm-JOBID.sbatch"
     assert not logs.exists()  # a dry run writes nothing
     batch = tmp_path / "job.sbatch"
     batch.write_text(script + "\n")
     _run(_shellcheck(), str(batch))
 
 
-FAKE_SRUN = """#!/bin/bash
+def test_slurm_cpu_partition_requests_no_gpu():
+    script, _ = _slurm_script("--gpus-per-node=0", "--ntasks-per-node=4", "--cpus-per-task=2")
+    assert "--gpus" not in script
+    for line in ("#SBATCH --ntasks-per-node=4", "#SBATCH --cpus-per-task=2"):
+        assert line in script.splitlines()
+    script, _ = _slurm_script("--gpus-per-node=0")
+    assert "#SBATCH --ntasks-per-node=1" in script.splitlines()
+
+
+# Stand-ins for SLURM's tools, for running the batch script here. srun stands for the tasks too: on
+# SIGTERM it saves (0.3 s), writes the trainer's end line ($END_LINE) into task 0's log and exits
+# ($TASK_STATUS).
+# scancel --signal=TERM sends SIGTERM to it, as slurmd would to the tasks.
+FAKE_SLURM = {
+    "srun": """#!/bin/bash
 echo "srun $*" >>"$LOG"
-trap 'echo "task: SIGTERM, checkpoint saved" >>"$LOG"; kill $!; exit 0' TERM
+for arg; do [[ $arg != --output=* ]] || out=${arg#--output=}; done
+out=${out//%t/0}
+echo "I1207 train.py:139] starting at step 0" >"$out"
+trap 'echo "task: SIGTERM" >>"$LOG"; sleep 0.3; echo "I1207 train.py:153] $END_LINE" >>"$out"; kill $!; exit $TASK_STATUS' TERM
+echo $$ >"$LOG.srun"
 sleep 60 &
 wait
-"""
+""",
+    "scancel": '#!/bin/bash\necho "scancel $*" >>"$LOG"\nkill -TERM "$(<"$LOG.srun")"\n',
+    # `show job` of a job in a preemption's grace time says when it was preempted; `requeue` of a
+    # running job sends SIGTERM to the batch shell and its children (this scontrol too) at once
+    "scontrol": """#!/bin/bash
+echo "scontrol $*" >>"$LOG"
+[[ $1 != show ]] || echo "   PreemptEligibleTime=2026-12-07T08:47:55 PreemptTime=${PREEMPT_TIME:-None}"
+[[ $1 != requeue ]] || { kill -TERM "$PPID" $$; sleep 0.2; }
+""",
+}
 
 
-def test_slurm_requeue_forwards_sigterm_then_requeues_the_job(tmp_path):
-    """The --requeue batch script, run with a fake srun and scontrol and sent SIGTERM as SLURM
-    does 5 minutes before the time limit: the tasks get it, then the job is requeued."""
+def _run_batch_script(tmp_path, args, signum, end_line="saved step 7, exiting for requeue",
+                      task_status=0, preempted=False):
+    """Runs the batch script of `launch/slurm.sh ARGS` with the fake SLURM tools as attempt 2 of
+    job 4242 and sends `signum` once srun runs: SIGUSR1 to the batch shell; SIGTERM to it and to
+    srun, as slurmd on scancel; None: SIGTERM to srun only, as a preemption with a grace time
+    (`preempted`: scontrol then shows the job's PreemptTime). Returns (exit status, output, the
+    tools' calls, task 0's log)."""
     logs = tmp_path / "logs"
-    out = _run(SLURM, "--dry-run", "--requeue", "--cpus-per-task=16", f"--log-dir={logs}",
-               "--config=c.py", "--workdir=/shared/run").stdout
-    script = out.rsplit("\n# submit with: ", 1)[0]
-    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:TERM@300", "#SBATCH --open-mode=append"):
-        assert line in script.splitlines()
+    script, _ = _slurm_script(f"--log-dir={logs}", "--gpus-per-node=0", *args)
+    batch = tmp_path / "job.sbatch"
+    batch.write_text(script)
+    _run(_shellcheck(), str(batch))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text(FAKE_SRUN)
-    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >>"$LOG"\n')
-    for tool in ("srun", "scontrol"):
+    for tool, text in FAKE_SLURM.items():
+        (bin_dir / tool).write_text(text)
         (bin_dir / tool).chmod(0o755)
-    batch = tmp_path / "job.sbatch"
-    batch.write_text(script + "\n")
-    _run(_shellcheck(), str(batch))
+    logs.mkdir()
     log = tmp_path / "calls.log"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "SLURM_JOB_ID": "4242"}
-    process = subprocess.Popen(["bash", str(batch)], env=env, stderr=subprocess.PIPE, text=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NAME": "mcm", "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "2",
+           "END_LINE": end_line, "TASK_STATUS": str(task_status)}
+    if preempted:
+        env["PREEMPT_TIME"] = "2026-12-07T08:47:59"
+    process = subprocess.Popen(["bash", str(batch)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    srun_pid = tmp_path / "calls.log.srun"
     deadline = time.time() + 30
-    while not (log.exists() and "srun" in log.read_text()):
+    while not (srun_pid.exists() and srun_pid.read_text().strip()):
         assert time.time() < deadline and process.poll() is None
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0, process.stderr.read()
-    calls = log.read_text().splitlines()
-    assert calls[0].startswith(f"srun --kill-on-bad-exit=1 --cpus-per-task=16 --output={logs}/")
-    assert calls[1:] == ["task: SIGTERM, checkpoint saved", "scontrol requeue 4242"]
+    time.sleep(0.2)  # the fake srun's trap is set
+    if signum is not None:
+        process.send_signal(signum)
+    if signum in (signal.SIGTERM, None):
+        os.kill(int(srun_pid.read_text()), signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    task0 = logs / "mcm-4242-attempt2-task0.out"
+    return process.returncode, out, log.read_text().splitlines(), task0.read_text()
+
+
+def test_slurm_time_limit_has_the_tasks_save_then_requeues_the_job(tmp_path):
+    """SLURM sends SIGUSR1 to the batch shell before the time limit (--signal=B:USR1@300): the
+    shell sends SIGTERM to the tasks with scancel (not to srun, which would kill them), waits for
+    them to save and exit, and requeues the job."""
+    status, out, calls, task0 = _run_batch_script(
+        tmp_path, ["--requeue", "--cpus-per-task=16"], signal.SIGUSR1)
+    assert status == 0, out
+    assert calls[0].startswith(
+        f"srun --kill-on-bad-exit=1 --cpus-per-task=16 --output={tmp_path}/logs/mcm-4242-attempt2-task%t.out ")
+    assert calls[1:] == ["scancel --signal=TERM 4242", "task: SIGTERM", "scontrol requeue 4242"]
+    assert task0.splitlines()[-1].endswith("] saved step 7, exiting for requeue")
+    lines = out.splitlines()
+    assert lines[0].startswith("=== job 4242 attempt 2 on node1, ")
+    assert lines[0].endswith(f"task logs {tmp_path}/logs/mcm-4242-attempt2-task<T>.out ===")
+    assert [line[9:] for line in lines[1:]] == [  # after the time of day
+        "SIGUSR1 (time limit near, or preemption): SIGTERM to the tasks",
+        "srun exited with status 0; task 0: saved step 7, exiting for requeue",
+        "requeueing job 4242: it resumes from the workdir's latest checkpoint",
+    ]
+
+
+SAVED = "saved step 7, exiting for requeue"
+SHOW_JOB = "scontrol show job 4242"
+
+
+@pytest.mark.parametrize(
+    "args, signum, end_line, task_status, preempted, calls, message",
+    [
+        ([], signal.SIGUSR1, SAVED, 0, False, ["scancel --signal=TERM 4242"],
+         "stopped early (time limit or preemption): submit the same command again to continue"),
+        (["--requeue"], signal.SIGUSR1, "finished at step 9", 0, False,
+         ["scancel --signal=TERM 4242"], "srun exited with status 0; task 0: finished at step 9"),
+        (["--requeue"], signal.SIGUSR1, "", 1, False,
+         ["scancel --signal=TERM 4242", "scontrol requeue 4242"], "srun exited with status 1\n"),
+        (["--requeue"], signal.SIGTERM, SAVED, 0, False, [],
+         "SIGTERM: the job is cancelled, requeued or preempted; the tasks save and exit"),
+        (["--requeue"], None, SAVED, 0, True, [SHOW_JOB, "scontrol requeue 4242"],
+         "requeueing job 4242"),
+        (["--requeue"], None, SAVED, 0, False, [SHOW_JOB], f"task 0: {SAVED}\n"),
+    ],
+    ids=["no_requeue", "finished", "tasks_failed", "scancel", "preempted_in_grace_time",
+         "tasks_signalled_by_the_user"],
+)
+def test_slurm_batch_script_requeues_only_a_run_stopped_by_the_time_limit_or_a_preemption(
+    tmp_path, args, signum, end_line, task_status, preempted, calls, message
+):
+    """Without --requeue the time limit only stops the tasks; a run that finished is not
+    requeued; one whose tasks did not confirm a save is (it resumes from its last checkpoint).
+    SIGTERM to the batch shell (scancel, `scontrol requeue`, a preemption without grace time: SLURM
+    signals the tasks and ends or requeues the job itself) only waits for the tasks. A preemption
+    with a grace time signals only the tasks: the shell finds the job's PreemptTime and requeues."""
+    returncode, out, tool_calls, _ = _run_batch_script(
+        tmp_path, args, signum, end_line, task_status, preempted)
+    assert returncode == 0, out
+    assert [c for c in tool_calls[1:] if c != "task: SIGTERM"] == calls
+    assert message in out
+
+
+def test_slurm_submit_keeps_the_batch_script_under_the_job_id(tmp_path):
+    """sbatch gets a temporary file, which becomes LOG_DIR/NAME-JOBID.sbatch once sbatch accepted
+    it; when sbatch fails nothing is left."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        '#!/bin/bash\n[[ $1 == --parsable ]] && grep -q "^#SBATCH" "$2" || exit 3\n'
+        'if [[ -n $FAIL ]]; then echo "sbatch: error: Invalid partition name specified" >&2; exit 1; fi\n'
+        'echo "4242;cluster1"\n'
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [SLURM, f"--log-dir={logs}", "--job-name=teacher", "--config=c.py", "--workdir=/w"]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "Submitted batch job 4242"
+    assert sorted(os.listdir(logs)) == ["teacher-4242.sbatch"]
+    assert "#SBATCH --job-name=teacher" in (logs / "teacher-4242.sbatch").read_text()
+    failed = subprocess.run(args, capture_output=True, text=True, env={**env, "FAIL": "1"})
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        "sbatch: error: Invalid partition name specified",
+        "slurm.sh: sbatch failed (its message is above); nothing was submitted",
+    ]
+    assert sorted(os.listdir(logs)) == ["teacher-4242.sbatch"]
 
 
 def test_slurm_argument_errors():
     for args, message in (
         (["--workdir=/w"], "--config is required"),
-        (["--config=c", "--workdir=/w", "--gpus-per-node=0"], "--gpus-per-node must be a positive integer"),
+        (["--config=c", "--workdir=/w", "--gpus-per-node=-1"], "--gpus-per-node must be an integer >= 0"),
+        (["--config=c", "--workdir=/w", "--ntasks-per-node=4"],
+         "--ntasks-per-node: with GPUs there is one task per GPU (--gpus-per-node=8)"),
+        (["--config=c", "--workdir=/w", "--gpus-per-node=0", "--ntasks-per-node=0"],
+         "--ntasks-per-node must be a positive integer"),
+        (["--config=c", "--workdir=/w", "--signal-margin=5m"], "--signal-margin must be a positive integer"),
+        (["--config=c", "--workdir=/w", "--job-name=a/b"], "--job-name may hold"),
         (["--config=c", "--workdir=/w", "--mode=sample"], "--mode must be train or eval"),
     ):
         result = _run(SLURM, "--dry-run", *args, check=False)
-        assert result.returncode == 2 and message in result.stderr
+        assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def _split_commands(out: str) -> list[str]:

@@ -39,6 +39,9 @@ def test_relative_paths_train_resume_distil_and_evaluate(tmp_path, digits_data_d
         command = _main_command(teacher, data_dir, num_steps, 2) + ["--config.training.log_every=1"]
         status, stderr = _run(command)
         assert status == 0, stderr[-3000:]
+        start = "starting at step 0" if num_steps == 2 else "resuming from step 2"
+        assert f"] {start}\n" in stderr and f"] finished at step {num_steps}\n" in stderr
+        assert "checkpoint_manager.py" not in stderr  # orbax's INFO lines are left out
     teacher_dir = tmp_path / "runs" / "teacher"
     assert checkpointing.Checkpointer(str(teacher_dir), read_only=True).all_steps() == [2, 4]
     assert [step for step, _ in _event_losses(teacher_dir)] == [1, 2, 3, 4]  # not restarted

@@ -177,7 +177,7 @@ def test_two_processes_start_on_an_empty_data_dir(tmp_path):
     read it (TFDS alone let both build it, and one failed renaming its copy)."""
     data_dir = tmp_path / "new_tfds"
     logs = _finish(_start(tmp_path / "run", data_dir, num_steps=3))
-    assert sum(log.count("Generating dataset digits") for log in logs) == 1
+    assert sum(log.count("] building the digits data set in ") for log in logs) == 1
     assert [p.name for p in (data_dir / "digits" / "16x16").iterdir() if not p.name.startswith(".")] == ["1.0.0"]
 
 
