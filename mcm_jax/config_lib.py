@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.objective = "diffusion"  # "diffusion" (teacher) | "mcm" (student, CT or CD)
+    # A laptop smoke test of the experiment (the config file's `runlocal` argument,
+    # presets.runlocal): where its data is not prepared, synthetic examples (mcm_jax.runlocal).
+    c.runlocal = False
 
     # The network: a named mcm_jax.models.model_config (model.name) with fields overridden;
     # filled by with_model(). Image resolution, channels and classes are the data's.
@@ -125,10 +128,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
     """Parses a config argument string 'a=1,b=x' over `defaults`, each value cast to its default's
-    type (bool from true/false/1/0, as big_vision's `parse_arg`); unknown keys are an error."""
+    type (bool from true/false/1/0, as big_vision's `parse_arg`; a bare key of a bool is True:
+    'runlocal'); unknown keys are an error."""
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
+        if not sep and isinstance(defaults.get(key), bool):
+            sep, value = "=", "true"
         if not sep or key not in defaults:
             raise ValueError(
                 f"config argument {item!r}: expected key=value with key in {sorted(defaults)}"
@@ -240,6 +246,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _require(
         config.objective in OBJECTIVES,
         f"config.objective: {config.objective!r} is not one of {OBJECTIVES}",
+    )
+    _require(
+        not config.data.synthetic or config.runlocal,
+        "config.data.synthetic: only a runlocal smoke test (the config file's runlocal argument) "
+        "trains on synthetic examples; a real run reads its data from config.data.data_dir",
     )
     _require(
         config.model.name in NAMES,

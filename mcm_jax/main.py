@@ -52,9 +52,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
         )
     elif _launched_processes() > 1:
         jax.distributed.initialize()  # SLURM and Cloud TPU: detected from the environment
-    from mcm_jax import multihost
+    from mcm_jax import multihost, runlocal
 
     multihost.name_process_in_logs()
+    runlocal.prepare(config, workdir, mode)
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     if mode == "train":
