@@ -117,13 +117,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     is loaded by path, as ml_collections' config_flags loads it (configs/ is not a package);
     a missing file is a ValueError naming it."""
     path, _, arg = spec.partition(":")
+    return config_module(path).get_config(arg)
+
+
+def config_module(path: str):
+    """The config file at `path` as a module (its `get_config`, its `ARGUMENTS`: the values its
+    argument takes, presets.*_ARGS); a missing file is a ValueError naming it."""
     if not os.path.isfile(path):
         raise ValueError(f"config: no config file {path!r}")
     module_name = "mcm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(loader_spec)
     loader_spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
 
 
 def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
