@@ -12,8 +12,9 @@ trained workdir. Each run's values go into the config argument
 (`configs/imagenet64_mcm.py:steps=8,method=cd,size=small`), so the config file derives what
 depends on them (e.g. guidance for ImageNet128 CD). Which of them a file takes is its own
 `ARGUMENTS`: `--methods` defaults to its methods where it takes `method` (text-to-image takes
-none: its students are CD), `--guidances` is for files that take `guidance`. `--launcher` wraps each command in
-launch/slurm.sh or `launch/tpu_vm.sh run` instead of a plain `python -m mcm_jax.main`.
+none: its students are CD), `--guidances` is for files that take `guidance`. `--launcher` wraps
+each command in launch/slurm.sh or `launch/tpu_vm.sh run` instead of a plain `python -m
+mcm_jax.main`.
 Every run's command line is parsed and its config built and checked as `python -m mcm_jax.main`
 would at its start (`check_configs`) before anything is printed, so a bad argument, a misspelled
 `--override=--config.<field>` or a bad value fails here with main's message. `expand` returns the

@@ -62,7 +62,7 @@ class Run:
         if not self.text:
             raise ValueError("prompts: this run is not text-to-image; give num or labels")
         if isinstance(prompts, dict):
-            return {"text": np.asarray(prompts["text"]), "text_mask": np.asarray(prompts["text_mask"])}
+            return {key: np.asarray(prompts[key]) for key in ("text", "text_mask")}
         if isinstance(prompts, str):
             raise ValueError("prompts: give a list of strings, e.g. [\"a photo of a cat\"]")
         if self._encoder is None:
@@ -91,7 +91,7 @@ class Run:
             if len(prompts["text"]) != n:
                 raise ValueError(f"prompts: {len(prompts['text'])} prompts for {n} samples")
         elif self.text:
-            raise ValueError("prompts: a text-to-image run samples from prompts; give prompts=[...]")
+            raise ValueError("prompts: a text-to-image run samples from prompts=[...]")
         if labels is None:
             cycled = np.arange(n) % self.num_classes if self.num_classes else np.full(n, null)
             return cycled.astype(np.int32), prompts
@@ -148,7 +148,9 @@ class Run:
         given = [name for name, v in (("num", num), ("labels", labels), ("prompts", prompts))
                  if v is not None]
         if len(given) != 1:
-            raise ValueError(f"sample: give exactly one of num, labels, prompts (got {given or 'none'})")
+            raise ValueError(
+                f"sample: give exactly one of num, labels, prompts (got {given or 'none'})"
+            )
         if prompts is not None:
             prompts = self.embed(prompts)
         n = num if num is not None else len(labels if labels is not None else prompts["text"])

@@ -72,11 +72,12 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
     """The experiment of `config` as a laptop smoke test: the same data, resolution, schedule,
     losses, guidance, text conditioning and samplers, on the `tiny` network with the family's
     levels (its ResNet or transformer at each resolution, but a ResNet where a transformer would
-    attend over more than 32x32 positions; its dropout; `tiny=False` keeps the network), batch 8, 4 steps with checkpoints and sample grids every 2, one device, and an
-    eval of 8 samples with 4 teacher steps. FID needs the converted Inception weights, so the
-    eval scores with FD-digits on digits and nothing elsewhere (`--config.eval.metric=fid` and
-    its files turn it back on). Text-to-image data is embedded by a tiny random T5 of width
-    RUNLOCAL_TEXT_WIDTH; the data and the CLIP are prepared at the run's start (mcm_jax.runlocal)."""
+    attend over more than 32x32 positions; its dropout; `tiny=False` keeps the network), batch 8,
+    4 steps with checkpoints and sample grids every 2, one device, and an eval of 8 samples with
+    4 teacher steps. FID needs the converted Inception weights, so the eval scores with
+    FD-digits on digits and nothing elsewhere (`--config.eval.metric=fid` and its files turn it
+    back on). Text-to-image data is embedded by a tiny random T5 of width RUNLOCAL_TEXT_WIDTH;
+    the data and the CLIP are prepared at the run's start (mcm_jax.runlocal)."""
     from mcm_jax.models.configs import RESNET, TRANSFORMER
 
     config.runlocal = True
@@ -86,7 +87,7 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
         # (a transformer level above 32 px) takes minutes a step on a CPU: a ResNet level there.
         side = config.data.resolution
         kinds = tuple(
-            TRANSFORMER if kind == TRANSFORMER and (side // 2**i) ** 2 <= RUNLOCAL_TOKENS else RESNET
+            kind if kind == RESNET or (side // 2**i) ** 2 <= RUNLOCAL_TOKENS else RESNET
             for i, kind in enumerate(m.level_kinds)
         )
         config_lib.with_model(

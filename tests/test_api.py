@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from etils import epath
+from PIL import Image
 
 import mcm_jax
 from mcm_jax import checkpointing, presets, train
@@ -40,12 +41,10 @@ def test_docs_api_example_and_the_example_script_run_as_written(tmp_path, digits
 
     run("bash", "-ec", train_commands)
     run(sys.executable, "-c", python_code)
-    for name, shape in (("teacher_grid", (4 * 17 + 1,) * 2), ("teacher_steps", (4 * 17 + 1, 8 * 17 + 1)),
-                        ("teacher_vs_student", (2 * 17 + 1, 8 * 17 + 1))):
-        from PIL import Image
-
+    grids = {"teacher_grid": (4, 4), "teacher_steps": (4, 8), "teacher_vs_student": (2, 8)}
+    for name, (rows, columns) in grids.items():  # 16 px tiles, 1 px apart
         with Image.open(tmp_path / f"{name}.png") as image:
-            assert image.size[::-1] == shape, name
+            assert image.size[::-1] == (rows * 17 + 1, columns * 17 + 1), name
     result = run("bash", "-ec", example_command)
     assert "sweep.png: 4 x 8 samples" in result.stdout
     assert (tmp_path / "sweep.png").exists()

@@ -1,5 +1,5 @@
-"""Every config file in configs/ runs as a laptop smoke test (`:...,runlocal`) through mcm_jax.main's
-command line: trains 2 steps, resumes to 4, evaluates; students against a runlocal teacher of
+"""Every config file in configs/ runs as a laptop smoke test (`:...,runlocal`) through
+mcm_jax.main's command line: trains 2 steps, resumes to 4, evaluates; students against a runlocal teacher of
 their family. Each file's argument values come from the file itself (its ARGUMENTS), so a new
 file, or a new value, is run without editing this test.
 
@@ -9,7 +9,6 @@ itself, in a subprocess, is run by test_api.py (docs/api.md's commands) and by t
 test here.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -30,9 +29,7 @@ NAMES = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
 
 def arguments(name: str) -> dict[str, tuple]:
     """The ARGUMENTS the config file declares: key -> values, the default first."""
-    spec = importlib.util.spec_from_file_location(f"runlocal_test_{name}", f"{CONFIGS}/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.config_module(f"{CONFIGS}/{name}.py")
     assert isinstance(getattr(module, "ARGUMENTS", None), dict), f"configs/{name}.py: no ARGUMENTS"
     return module.ARGUMENTS
 

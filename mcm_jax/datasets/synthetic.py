@@ -17,7 +17,9 @@ from mcm_jax.data_config import image_shape, num_classes
 WAVES = 4  # plane waves per channel
 
 
-def synthetic_images(rng: np.random.Generator, count: int, shape: tuple[int, int, int]) -> np.ndarray:
+def synthetic_images(
+    rng: np.random.Generator, count: int, shape: tuple[int, int, int]
+) -> np.ndarray:
     """`count` smooth random images of `shape` (H, W, C), float32 in [-1, 1]."""
     height, width, channels = shape
     y, x = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
