@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mcm_jax import checkpointing, config_lib, data_config, images, run_setup, samplers
+from mcm_jax import checkpointing, config_lib, data_config, images, paths, run_setup, samplers
 from mcm_jax.eval.sampling import SamplerSetting
 
 Prompts = Sequence[str] | dict[str, np.ndarray]
@@ -186,7 +186,7 @@ def load(workdir: str, step: int | None = None, ema_index: int = 0) -> Run:
     (None: the latest) with EMA parameter set `ema_index`, sharded over this process's devices.
     A workdir without a run or a checkpoint, a step that does not exist or an ema_index out of
     range is a FileNotFoundError or ValueError with one message saying which."""
-    workdir = str(workdir)
+    workdir = paths.resolve(str(workdir))  # orbax reads absolute paths; gs:// stays as given
     try:
         config = run_setup.saved_config(workdir)
     except FileNotFoundError as e:

@@ -25,8 +25,9 @@ def _blocks(language: str) -> list[str]:
 @pytest.mark.slow
 def test_docs_api_example_and_the_example_script_run_as_written(tmp_path, digits_data_dir):
     """The commands and the Python of docs/api.md, verbatim, in a fresh directory holding only
-    configs/ (the repository's), with `python` this interpreter."""
-    (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
+    configs/ and examples/ (the repository's), with `python` this interpreter."""
+    for folder in ("configs", "examples"):
+        (tmp_path / folder).symlink_to(os.path.join(ROOT, folder))
     env = {
         **os.environ, "PYTHONPATH": ROOT, "TFDS_DATA_DIR": str(digits_data_dir),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
@@ -80,7 +81,7 @@ def test_load_samples_with_the_runs_own_sampler_on_shared_noise(tiny_run, gcs_di
     assert earlier.step == 2 and not np.array_equal(earlier.sample(5), grid)
 
     # The same run on gs:// (the GCS emulator) gives the same samples.
-    for path in epath.Path(tiny_run).rglob("*"):
+    for path in tiny_run.rglob("*"):
         if path.is_file():
             target = gcs_dir / path.relative_to(tiny_run)
             target.parent.mkdir(parents=True, exist_ok=True)
