@@ -181,3 +181,24 @@ def test_a_runlocal_student_of_a_real_teacher_fails_at_start_with_one_line(tmp_p
     assert "is not a runlocal smoke test and this student is" in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "student").exists()
+
+
+def test_synthetic_batches_have_the_data_sets_shapes_and_resume_exactly():
+    from mcm_jax.datasets import synthetic
+
+    data = presets.imagenet_diffusion(64, "runlocal").data
+    data.synthetic = True
+    make = lambda state: synthetic.SyntheticTrainIterator(
+        data, global_batch_size=8, seed=3, state=state, process_index=0, process_count=1
+    )
+    stream = make(None)
+    first = next(stream)
+    assert first["image"].shape == (8, 64, 64, 3) and first["image"].dtype == np.float32
+    assert -1 <= first["image"].min() and first["image"].max() <= 1 and first["image"].std() > 0.1
+    assert first["label"].dtype == np.int32 and 0 <= first["label"].min() <= first["label"].max() < 1000
+    state = stream.get_state()
+    expected = next(stream)
+    resumed = next(make(state))
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(resumed[key], expected[key])
+    assert not np.array_equal(expected["image"], first["image"])
