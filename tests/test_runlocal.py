@@ -195,7 +195,8 @@ def test_synthetic_batches_have_the_data_sets_shapes_and_resume_exactly():
     first = next(stream)
     assert first["image"].shape == (8, 64, 64, 3) and first["image"].dtype == np.float32
     assert -1 <= first["image"].min() and first["image"].max() <= 1 and first["image"].std() > 0.1
-    assert first["label"].dtype == np.int32 and 0 <= first["label"].min() <= first["label"].max() < 1000
+    labels = first["label"]
+    assert labels.dtype == np.int32 and 0 <= labels.min() <= labels.max() < 1000
     state = stream.get_state()
     expected = next(stream)
     resumed = next(make(state))
