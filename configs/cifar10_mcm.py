@@ -11,6 +11,9 @@ paper uses (100k of 200k). No guidance.
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.STUDENT_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.cifar10_mcm(arg)

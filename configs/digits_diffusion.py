@@ -5,6 +5,9 @@
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.DIGITS_DIFFUSION_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.digits_diffusion(arg)

@@ -10,6 +10,9 @@ settings (`mcm_jax.presets.make_student`) shortened for a CPU: teacher steps 64 
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.DIGITS_MCM_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.digits_mcm(arg)

@@ -22,6 +22,9 @@ student distils the teacher guided with the same weight (`imagenet128_mcm`).
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.IMAGENET_DIFFUSION_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.imagenet_diffusion(128, arg)

@@ -22,6 +22,9 @@ students.
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.IMAGENET_MCM_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.imagenet_mcm(128, arg)

@@ -23,6 +23,9 @@ during training use `training.sample_steps` (128) to stay cheap.
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.IMAGENET_DIFFUSION_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.imagenet_diffusion(64, arg)

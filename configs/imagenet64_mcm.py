@@ -21,6 +21,9 @@ norm 1, EMA 0.9999).
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.IMAGENET_MCM_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.imagenet_mcm(64, arg)

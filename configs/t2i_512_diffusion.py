@@ -5,7 +5,8 @@
     python -m mcm_jax.main --config=configs/t2i_512_diffusion.py \
         --config.data.data_dir=gs://BUCKET/captions_t5xxl --workdir=gs://BUCKET/mcm/t2i_512
 
-No argument. The network is `t2i512` (mcm_jax/models/configs.py): ResNet levels of 128, 256 and
+Argument: only `runlocal` (every config file takes it: a laptop smoke test, README.md).
+The network is `t2i512` (mcm_jax/models/configs.py): ResNet levels of 128, 256 and
 1024 channels, a 2048-wide transformer level at 64 px and 16 middle blocks of 4096 at 32 px,
 dropout 0.1 in the middle; every transformer block cross-attends to the prompt's T5 v1.1 XXL
 token embeddings (4096 wide, 128 tokens: `data.text_width`, `data.text_length`, which the data
@@ -22,6 +23,9 @@ baseline; `--config.eval.num_samples=5000` gives the 5k metric.
 """
 
 from mcm_jax import presets
+
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.NO_ARGS
 
 
 def get_config(arg: str = ""):

@@ -15,6 +15,9 @@ samples the student's own S-step DDIM on `eval.prompts_dir`.
 
 from mcm_jax import presets
 
+# The values the argument takes (the first is the default); `runlocal` is added to any of them.
+ARGUMENTS = presets.T2I_MCM_ARGS
+
 
 def get_config(arg: str = ""):
     return presets.t2i_mcm(arg)

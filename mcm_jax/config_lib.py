@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.objective = "diffusion"  # "diffusion" (teacher) | "mcm" (student, CT or CD)
+    # A laptop smoke test of the experiment (the config file's `runlocal` argument,
+    # presets.runlocal): where its data is not prepared, synthetic examples (mcm_jax.runlocal).
+    c.runlocal = False
 
     # The network: a named mcm_jax.models.model_config (model.name) with fields overridden;
     # filled by with_model(). Image resolution, channels and classes are the data's.
@@ -118,21 +121,30 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     is loaded by path, as ml_collections' config_flags loads it (configs/ is not a package);
     a missing file is a ValueError naming it."""
     path, _, arg = spec.partition(":")
+    return config_module(path).get_config(arg)
+
+
+def config_module(path: str):
+    """The config file at `path` as a module (its `get_config`, its `ARGUMENTS`: the values its
+    argument takes, presets.*_ARGS); a missing file is a ValueError naming it."""
     if not os.path.isfile(path):
         raise ValueError(f"config: no config file {path!r}")
     module_name = "mcm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(loader_spec)
     loader_spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
 
 
 def parse_arg(arg: str, **defaults: bool | int | float | str) -> dict:
     """Parses a config argument string 'a=1,b=x' over `defaults`, each value cast to its default's
-    type (bool from true/false/1/0, as big_vision's `parse_arg`); unknown keys are an error."""
+    type (bool from true/false/1/0, as big_vision's `parse_arg`; a bare key of a bool is True:
+    'runlocal'); unknown keys are an error."""
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
+        if not sep and isinstance(defaults.get(key), bool):
+            sep, value = "=", "true"
         if not sep or key not in defaults:
             raise ValueError(
                 f"config argument {item!r}: expected key=value with key in {sorted(defaults)}"
@@ -244,6 +256,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _require(
         config.objective in OBJECTIVES,
         f"config.objective: {config.objective!r} is not one of {OBJECTIVES}",
+    )
+    _require(
+        not config.data.synthetic or config.runlocal,
+        "config.data.synthetic: only a runlocal smoke test (the config file's runlocal argument) "
+        "trains on synthetic examples; a real run reads its data from config.data.data_dir",
     )
     _require(
         config.model.name in NAMES,

@@ -67,6 +67,9 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
         model (labels are read but not used; no guidance). captions has no classes: its
         batches carry label 0, the null label, and the text conditions the model.
       text_length (captions only): tokens per example after padding or truncation.
+      synthetic: train on synthetic examples of the data set's shapes and classes instead of
+        reading it: set only by a runlocal smoke test whose data is not prepared in data_dir
+        (mcm_jax.runlocal); a run without runlocal refuses it.
       text_width (captions only): the text encoder's width (4096: T5 v1.1 XXL), checked against
         the data set; the model's text width follows it (`text_shape`).
     """
@@ -82,6 +85,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     config.prefetch = 2
     config.class_conditional = True
     config.num_parallel_calls = -1
+    config.synthetic = False
     if spec.captioned:
         config.text_length = 128
         config.text_width = 4096

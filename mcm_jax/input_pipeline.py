@@ -31,7 +31,7 @@ import mcm_jax.datasets.digits  # noqa: F401  (registers the TFDS builder "digit
 from mcm_jax.data_config import (  # noqa: F401 (image_shape, num_classes, text_shape: API too)
     checked_spec, dataset_spec, default_data_config, image_shape, num_classes, text_shape,
 )
-from mcm_jax.datasets import captions, records
+from mcm_jax.datasets import captions, records, synthetic
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -87,6 +87,8 @@ def validate(
         )
     if data_config.shuffle_buffer < 1:
         raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer}: expected at least 1.")
+    if data_config.synthetic:
+        return  # a runlocal smoke test's synthetic examples: nothing to read
     if _prepared_elsewhere(data_config.name):
         _check_prepared(_builder(data_config), data_config.name)
     if dataset_spec(data_config.name).captioned:
@@ -112,6 +114,12 @@ def _prepared_elsewhere(name: str) -> bool:
     imagenet2012 (manual files) and what TFDS downloads (cifar10, imagenet_resized). Digits is
     built where it is read; caption data is written by its own command."""
     return name == "imagenet2012" or dataset_spec(name).downloaded
+
+
+def is_prepared(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether a data set that the jobs only read once prepared (imagenet2012, cifar10,
+    imagenet_resized) is prepared in data.data_dir; digits is built where it is read (True)."""
+    return not _prepared_elsewhere(data_config.name) or _builder(data_config).is_prepared()
 
 
 def missing_imagenet_files(manual_dir: epath.PathLike) -> list[str]:
@@ -405,6 +413,11 @@ def create_train_iterator(
     validate(data_config, global_batch_size=global_batch_size, process_count=process_count)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r}: expected a non-negative int.")
+    if data_config.synthetic:
+        return synthetic.SyntheticTrainIterator(
+            data_config, global_batch_size=global_batch_size, seed=seed, state=state,
+            process_index=process_index, process_count=process_count,
+        )
     return TrainIterator(
         data_config,
         global_batch_size=global_batch_size,

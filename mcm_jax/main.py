@@ -31,12 +31,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     paths.resolve_config_paths(config)
     import jax
 
-    from mcm_jax import distributed, log_filter, multihost, run_setup
+    from mcm_jax import distributed, log_filter, multihost, run_setup, runlocal
 
     distributed.start()
     multihost.name_process_in_logs()
     if not cli.verbose():
         log_filter.quiet_libraries()
+    runlocal.prepare(config, workdir, mode)
     logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     logging.info("compilation cache: %s", run_setup.enable_compilation_cache(config) or "off")

@@ -150,17 +150,18 @@ class RunSetup:
         seed: int,
         batch_size: int,
         x_var_fn: samplers.XVarFn | None = None,
+        labels: bool = False,
     ):
-        """The jitted `sample_batch(params, first_index[, prompts])` of eval.sampling for this
-        run's model and mesh (prompts for text models): build it once and call it for every
-        batch, so it compiles once."""
+        """The jitted `sample_batch(params, first_index[, prompts][, labels])` of eval.sampling
+        for this run's model and mesh (prompts for text models, labels if `labels`): build it
+        once and call it for every batch, so it compiles once."""
         data = self.config.data
         return sampling.make_batch_sampler(
             self.model_fn, self.schedule, self.mesh, self.param_shardings,
             setting=setting, image_shape=data_config.image_shape(data),
             num_classes=data_config.num_classes(data), null_label=config_lib.null_label(self.config),
             seed=seed, batch_size=batch_size, x_var_fn=x_var_fn,
-            text=data_config.text_shape(data) is not None,
+            text=data_config.text_shape(data) is not None, labels=labels,
         )
 
 
@@ -202,6 +203,13 @@ def check_teacher_matches(config: ml_collections.ConfigDict) -> ml_collections.C
         raise ValueError(
             f"config.teacher.workdir: {workdir} holds a run with objective "
             f"{teacher_config.get('objective')!r}; a teacher is a run with objective 'diffusion'"
+        )
+    if bool(teacher_config.get("runlocal", False)) != bool(config.runlocal):
+        which = ("is", "is not") if teacher_config.get("runlocal", False) else ("is not", "is")
+        raise ValueError(
+            f"config.teacher.workdir: the teacher in {workdir} {which[0]} a runlocal smoke test "
+            f"and this student {which[1]}; give a runlocal student a runlocal teacher of its "
+            "family (configs/<family>_diffusion.py:runlocal), and a real student a real teacher"
         )
     for key, value in config.model.items():
         if key in ARCHITECTURE_EXEMPT:

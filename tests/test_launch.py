@@ -1,6 +1,7 @@
 """Launch tooling: the sweep expansion, and the TPU VM and SLURM scripts (syntax, shellcheck, and
 the commands their --dry-run prints). Nothing here talks to gcloud or SLURM."""
 
+import glob
 import importlib.util
 import json
 import os
@@ -13,6 +14,8 @@ import threading
 import time
 
 import pytest
+
+from mcm_jax import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
@@ -105,6 +108,29 @@ def test_sweep_eval_overrides_and_launchers():
 def test_sweep_rejects_bad_arguments_naming_them(change, field):
     with pytest.raises(ValueError, match=field):
         sweep.expand(**{**SWEEP, **change})
+
+
+def test_sweep_covers_every_mcm_config_with_the_arguments_it_takes():
+    """Each MCM config file sweeps over what its ARGUMENTS take: text-to-image has no method
+    (its students are CD) and sweeps guidance weights instead."""
+    common = dict(teacher_workdir="/t", workdir_root="/r")
+    t2i = sweep.expand("configs/t2i_512_mcm.py", [4, 8], None, guidances=[0.5, 3.0], **common)
+    train = [r for r in t2i if r["mode"] == "train"]
+    assert [r["config"] for r in train] == [
+        f"configs/t2i_512_mcm.py:steps={s},guidance={w}" for w in ("0.5", "3") for s in (4, 8)
+    ]
+    assert {r["name"] for r in train} == {f"t2i_512_mcm_w{w}_s{s}" for w in ("0.5", "3") for s in (4, 8)}
+    assert all(r["method"] is None for r in t2i)
+    sweep.check_configs(t2i)
+    with pytest.raises(ValueError, match="methods: configs/t2i_512_mcm.py takes no method"):
+        sweep.expand("configs/t2i_512_mcm.py", [4], ["cd"], **common)
+    with pytest.raises(ValueError, match="guidances: configs/cifar10_mcm.py takes no guidance"):
+        sweep.expand("configs/cifar10_mcm.py", [4], None, guidances=[1.0], **common)
+    for path in sorted(glob.glob("configs/*_mcm.py")):
+        runs = sweep.expand(path, [2], None, **common)
+        sweep.check_configs(runs)
+        takes = config_lib.config_module(path).ARGUMENTS
+        assert len(runs) == 2 * len(takes.get("method", [None]))
 
 
 def test_sweep_command_line_checks_the_configs_and_prints_json(capsys):

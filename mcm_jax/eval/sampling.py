@@ -66,10 +66,13 @@ def make_batch_sampler(
     batch_size: int,
     x_var_fn: samplers.XVarFn | None = None,
     text: bool = False,
+    labels: bool = False,
 ) -> Callable[..., jax.Array]:
     """A jitted `sample_batch(params, first_index)`: [-1, 1] images of samples first_index + 0..B-1;
     for a text model (text=True) `sample_batch(params, first_index, prompts)` with prompts
-    {"text": (B, length, width), "text_mask": (B, length)}, the prompts of those samples.
+    {"text": (B, length, width), "text_mask": (B, length)}, the prompts of those samples. With
+    labels=True the caller gives the class labels too: `sample_batch(params, first_index,
+    prompts_or_None, labels)`, labels int32 (B,); otherwise sample i has label `sample_labels`.
 
     The noise of sample i is normal(fold_in(PRNGKey(seed), i)); the batch is split over every
     device of the mesh (NamedSharding over its batch axes).
@@ -77,11 +80,11 @@ def make_batch_sampler(
     batch_sharding = sharding.batch_sharding(mesh)
     key = jax.random.PRNGKey(seed)
 
-    def sample_batch(params, first_index, prompts=None):
+    def sample_batch(params, first_index, prompts=None, given_labels=None):
         indices = first_index + jnp.arange(batch_size, dtype=jnp.int32)
         indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
         noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), image_shape))
-        labels = sample_labels(indices, num_classes)
+        labels = sample_labels(indices, num_classes) if given_labels is None else given_labels
         cond = labels if prompts is None else {"label": labels, **prompts}
         model = lambda z, t, cond: model_fn(params, z, t, cond, False, None)
         denoise = samplers.classifier_free_guidance(
@@ -93,8 +96,10 @@ def make_batch_sampler(
         )
 
     in_shardings = (param_shardings, sharding.replicated(mesh))
-    if text:
-        in_shardings += ({"text": batch_sharding, "text_mask": batch_sharding},)
+    if text or labels:
+        in_shardings += ({"text": batch_sharding, "text_mask": batch_sharding} if text else None,)
+    if labels:
+        in_shardings += (batch_sharding,)
     return jax.jit(sample_batch, in_shardings=in_shardings, out_shardings=batch_sharding)
 
 

@@ -1,0 +1,137 @@
+"""The run-time side of a config file's `runlocal` argument (presets.runlocal): what a smoke test
+on a laptop needs that the config alone cannot say, prepared at the start of the run.
+
+- Image data (cifar10, imagenet2012, imagenet_resized) that is not prepared in data.data_dir:
+  the run trains on synthetic examples of its shapes and classes (data.synthetic,
+  mcm_jax.datasets.synthetic) and says so in one line. Prepared data is read as in a real run;
+  digits is always there (built offline).
+- Caption data (text-to-image) that is not in data.data_dir: a tiny random T5 is built in the
+  process and embeds synthetic captions of synthetic images, written as an embedded caption set
+  (the real format, read by the real pipeline) under <workdir>/runlocal/; a tiny random CLIP is
+  written beside it for the eval's CLIP score. The eval job of the workdir reads the same files.
+
+A run without runlocal never gets here: `prepare` returns at once, and config_lib.validate
+refuses data.synthetic without runlocal.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+RUNLOCAL_DIR = "runlocal"
+COMPLETE = "complete"  # written last: a directory without it was interrupted and is made again
+TRAIN_CAPTIONS = 32
+EVAL_PROMPTS = 8
+SOURCE_SIZE = (96, 128)  # (height, width) of the synthetic images, cropped and resized as real ones
+SUBJECTS = ("cat", "dog", "red car", "blue bird", "green tree", "small house", "old boat", "lamp")
+SCENES = ("on a beach", "in the snow", "at night", "in a field")
+
+
+def captions(count: int, offset: int = 0) -> list[str]:
+    """`count` synthetic captions ("a photo of a cat on a beach", ...)."""
+    return [
+        f"a photo of a {SUBJECTS[i % len(SUBJECTS)]} {SCENES[(i // len(SUBJECTS)) % len(SCENES)]}"
+        for i in range(offset, offset + count)
+    ]
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+    """Makes a runlocal config runnable on this machine (see the module docstring); does nothing
+    for a real run. `mode` is main's --mode: only training writes synthetic caption data."""
+    if not config.runlocal:
+        return
+    from mcm_jax import data_config, input_pipeline
+
+    data = config.data
+    if data_config.dataset_spec(data.name).captioned:
+        _prepare_captions(config, workdir, mode)
+    elif not data.synthetic and not input_pipeline.is_prepared(data):
+        data.synthetic = True
+        if mode != "train":
+            return
+        height, width, channels = data_config.image_shape(data)
+        logging.warning(
+            "runlocal: %s is not prepared in data.data_dir=%s, so this smoke test trains on "
+            "synthetic examples of its shapes (%dx%dx%d images, %d classes); a run without "
+            "runlocal never does.", data.name, data.data_dir, height, width, channels,
+            data_config.num_classes(data),
+        )
+
+
+def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+    from mcm_jax.datasets import embedded_captions
+
+    data = config.data
+    if data.data_dir and embedded_captions.read_metadata(data.data_dir) is not None:
+        data.text_width = int(embedded_captions.read_metadata(data.data_dir)["width"])
+        return
+    root = epath.Path(workdir) / RUNLOCAL_DIR
+    if mode == "train" and not (root / COMPLETE).exists():
+        if "://" in workdir:
+            raise ValueError(
+                "runlocal: no caption data in config.data.data_dir, and synthetic caption data "
+                "is written only beside a local --workdir; give a local one, or embedded "
+                "captions in config.data.data_dir"
+            )
+        import jax
+
+        if jax.process_count() > 1:
+            raise ValueError("runlocal: synthetic caption data is made by a one-process run")
+        write_synthetic_captions(str(root), config)
+    logging.warning(
+        "runlocal: no caption data in data.data_dir=%s, so this smoke test trains on %d "
+        "synthetic images (%dx%d, cropped and resized to %d px) with captions embedded by a tiny "
+        "random T5 (width %d) and scores with a tiny random CLIP, all in %s; a run without "
+        "runlocal never does.", data.data_dir, TRAIN_CAPTIONS, *SOURCE_SIZE, data.resolution,
+        data.text_width, root,
+    )
+    data.data_dir = os.fspath(root / "captions")
+    config.eval.clip_dir = os.fspath(root / "clip")
+
+
+def write_synthetic_captions(directory: str, config: ml_collections.ConfigDict) -> None:
+    """Writes into `directory` (local, new) a tiny random T5 (`text_encoder`, width
+    data.text_width), synthetic images with captions embedded by it (`captions`: train and
+    data.eval_split, the prompts) and a tiny random CLIP (`clip`); then the file COMPLETE, so
+    that a directory an interrupted run left is made again."""
+    import shutil
+
+    from PIL import Image
+
+    from mcm_jax import text_encoder
+    from mcm_jax.datasets import embedded_captions, synthetic
+    from mcm_jax.eval import clip_score
+
+    data = config.data
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    corpus = captions(TRAIN_CAPTIONS + EVAL_PROMPTS)
+    encoder_dir = os.path.join(directory, "text_encoder")
+    text_encoder.write_tiny_encoder(encoder_dir, corpus, width=data.text_width)
+    encoder = text_encoder.TextEncoder.from_dir(
+        encoder_dir, max_length=data.text_length, batch_size=8
+    )
+    images = synthetic.synthetic_images(
+        np.random.default_rng(config.seed), len(corpus), (*SOURCE_SIZE, 3)
+    )
+
+    def jpeg(image: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.round((image + 1) * 127.5).astype(np.uint8)).save(out, format="JPEG")
+        return out.getvalue()
+
+    examples = [(jpeg(image), caption) for image, caption in zip(images, corpus)]
+    out = os.path.join(directory, "captions")
+    embedded_captions.write_embedded_captions(out, "train", examples[:TRAIN_CAPTIONS], encoder)
+    embedded_captions.write_embedded_captions(
+        out, data.eval_split, examples[TRAIN_CAPTIONS:], encoder
+    )
+    words = sorted(set(" ".join(corpus).split()))
+    clip_score.write_tiny_clip(os.path.join(directory, "clip"), words=words)
+    epath.Path(directory, COMPLETE).write_text("")

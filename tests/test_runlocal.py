@@ -1,0 +1,205 @@
+"""Every config file in configs/ runs as a laptop smoke test (`:...,runlocal`) through
+mcm_jax.main's command line: trains 2 steps, resumes to 4, evaluates; students against a runlocal
+teacher of their family. Each file's argument values come from the file itself (its ARGUMENTS),
+so a new file, or a new value, is run without editing this test.
+
+The runs call mcm_jax.main's own flag parsing and `run` in this process (what `python -m
+mcm_jax.main` does after importing), which saves a TensorFlow start per run; the command line
+itself, in a subprocess, is run by test_api.py (docs/api.md's commands) and by the bad-combination
+test here.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from mcm_jax import checkpointing, config_lib, main, main_flags, presets, run_setup, runlocal
+from mcm_jax.models.configs import RESNET, TRANSFORMER
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+NAMES = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py"))
+
+
+def arguments(name: str) -> dict[str, tuple]:
+    """The ARGUMENTS the config file declares: key -> values, the default first."""
+    module = config_lib.config_module(f"{CONFIGS}/{name}.py")
+    assert isinstance(getattr(module, "ARGUMENTS", None), dict), f"configs/{name}.py: no ARGUMENTS"
+    return module.ARGUMENTS
+
+
+def argument_runs(name: str) -> list[str]:
+    """Argument strings that together give every declared value once: run k takes value k of
+    each key (cycling), so there are as many runs as the longest list of values."""
+    spec = arguments(name)
+    count = max((len(values) for values in spec.values()), default=1)
+    return [
+        ",".join(f"{key}={values[k % len(values)]}" for key, values in spec.items())
+        for k in range(count)
+    ]
+
+
+def teacher_of(name: str, arg: str) -> tuple[str, str]:
+    """(teacher file, its argument) for a student file's run: the family's diffusion file, with
+    the student's values of the keys it takes (its defaults for the others)."""
+    teacher = name.replace("_mcm", "_diffusion")
+    assert teacher != name and teacher in NAMES, f"configs/{name}.py: no configs/{teacher}.py"
+    given = dict(item.split("=") for item in arg.split(",") if item)
+    spec = arguments(teacher)
+    return teacher, ",".join(f"{k}={given.get(k, str(v[0]))}" for k, v in spec.items())
+
+
+def run_main(*args: str) -> None:
+    """What `python -m mcm_jax.main ARGS` does once imported: parse into fresh flags, run."""
+    argv = ["mcm_jax.main", *args]
+    flag_values = flags.FlagValues()
+    main_flags.define_flags(flag_values, sys_argv=argv)
+    main_flags.parse(argv, flag_values)
+    main.run(flag_values.config, flag_values.workdir, flag_values.mode)
+
+
+def run_locally(name: str, arg: str, workdir, data_dir, *extra: str, cycle: bool) -> None:
+    """Runs configs/<name>.py:<arg>,runlocal in `workdir`: 2 training steps and, if `cycle`, a
+    resume to the config's 4 and the eval job; checks what each wrote."""
+    common = [f"--config={CONFIGS}/{name}.py:{arg},runlocal", f"--workdir={workdir}",
+              f"--config.data.data_dir={data_dir}", *extra]
+    # Runs that only add argument values skip the sample grids: the cycle draws them.
+    grids = [] if cycle else ["--config.training.sample_every=0"]
+    run_main(*common, "--config.training.num_steps=2", *grids)
+    if cycle:
+        run_main(*common)  # resumes from step 2 to the runlocal config's 4
+        run_main(*common, "--mode=eval")
+    ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
+    assert ckpt.all_steps() == ([2, 4] if cycle else [2])
+    ckpt.close()
+    config = run_setup.saved_config(str(workdir))
+    assert config.runlocal and config.model.name in ("tiny", "digits")
+    if not cycle:
+        return
+    assert (workdir / "samples_00000004.png").exists()
+    (metrics,) = workdir.glob("eval/*/step_00000004/*/metrics.json")
+    assert (metrics.parent / "samples.png").exists()
+    row = json.loads(metrics.read_text())
+    if config.data.name == "digits":
+        assert np.isfinite(row["fd_digits"])
+    if config.data.name == "captions":
+        assert 0.0 <= row["clip_score"] <= 100.0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_data_dir):
+    """`runs(name, arg, *extra, cycle=...)` runs a config file locally once per (name, arg) and
+    returns its workdir; students' teachers come from here, so each is trained once."""
+    root = tmp_path_factory.mktemp("runlocal")
+    done: dict[tuple[str, str], bool] = {}  # whether it cycled
+
+    def run(name: str, arg: str, *extra: str, cycle: bool = False):
+        workdir = root / f"{name}_{arg.replace(',', '_').replace('=', '')}"
+        if (name, arg) not in done or (cycle and not done[name, arg]):
+            run_locally(name, arg, workdir, digits_data_dir, *extra, cycle=cycle)
+            done[name, arg] = cycle
+        return workdir
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_file_runs_locally_with_every_argument_value(name, runs, caplog):
+    """The first argument of each file trains, resumes and is evaluated; the others (which
+    give the rest of the file's values) train 2 steps without sample grids."""
+    caplog.set_level(logging.WARNING)
+    for k, arg in enumerate(argument_runs(name)):
+        objective = config_lib.load_config_file(f"{CONFIGS}/{name}.py:{arg}").objective
+        extra = []
+        if objective == "mcm":
+            extra = [f"--config.teacher.workdir={runs(*teacher_of(name, arg))}"]
+        workdir = runs(name, arg, *extra, cycle=k == 0)
+        assert run_setup.saved_config(str(workdir)).objective == objective
+    synthetic = [r.getMessage() for r in caplog.records if r.getMessage().startswith("runlocal:")]
+    if name.startswith("digits"):
+        assert synthetic == []  # digits is built offline: the real data
+    else:
+        assert synthetic and all("a run without runlocal never does" in m for m in synthetic)
+
+
+def test_every_config_file_declares_its_argument_values():
+    for name in NAMES:
+        spec = arguments(name)
+        for arg in argument_runs(name):
+            config = config_lib.load_config_file(f"{CONFIGS}/{name}.py:{arg},runlocal")
+            assert config.runlocal and config.training.batch_size == 8
+            assert config_lib.load_config_file(f"{CONFIGS}/{name}.py:{arg}").runlocal is False
+        for key, values in spec.items():
+            assert values and all(type(v) is type(values[0]) for v in values), (name, key)
+
+
+def test_runlocal_keeps_the_experiment_on_the_tiny_network():
+    real, local = presets.t2i_mcm("steps=4"), presets.t2i_mcm("steps=4,runlocal")
+    for field in ("schedule", "diffusion", "mcm"):
+        assert local[field].to_dict() == real[field].to_dict(), field
+    assert local.data.resolution == real.data.resolution == 512
+    assert local.model.name == "tiny" and local.model.level_dropout == real.model.level_dropout
+    # The 64 px transformer level would attend over 4096 positions: a ResNet level on a laptop.
+    assert real.model.level_kinds == (RESNET, RESNET, RESNET, TRANSFORMER)
+    assert local.model.level_kinds == (RESNET,) * 4
+    assert presets.imagenet_mcm(64, "runlocal").model.level_kinds == (RESNET, TRANSFORMER)
+    assert presets.digits_mcm("runlocal").model.name == "tiny"
+    assert presets.digits_mcm("model=digits,runlocal").model.name == "digits"
+    guided = presets.imagenet_mcm(128, "size=small,method=cd,runlocal")
+    assert guided.mcm.guidance_weight == presets.IMAGENET128_GUIDANCE_WEIGHT
+
+
+def test_a_real_run_never_uses_synthetic_data():
+    config = presets.cifar10_diffusion()
+    runlocal.prepare(config, "/nonexistent", "train")  # not runlocal: nothing is touched
+    assert config.data.synthetic is False
+    config.data.synthetic = True
+    with pytest.raises(ValueError, match="config.data.synthetic: only a runlocal smoke test"):
+        run_setup.validate(config, num_devices=8)
+    with pytest.raises(ValueError, match="config argument runlocal='maybe'"):
+        presets.cifar10_diffusion("runlocal=maybe")
+
+
+@pytest.mark.slow
+def test_a_runlocal_student_of_a_real_teacher_fails_at_start_with_one_line(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    checkpointing.write_config(str(tmp_path / "teacher"), presets.digits_diffusion("model=tiny"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mcm_jax.main", "--config=configs/digits_mcm.py:runlocal",
+         f"--workdir={tmp_path / 'student'}", f"--config.teacher.workdir={tmp_path / 'teacher'}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "is not a runlocal smoke test and this student is" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "student").exists()
+
+
+def test_synthetic_batches_have_the_data_sets_shapes_and_resume_exactly():
+    from mcm_jax.datasets import synthetic
+
+    data = presets.imagenet_diffusion(64, "runlocal").data
+    data.synthetic = True
+    make = lambda state: synthetic.SyntheticTrainIterator(
+        data, global_batch_size=8, seed=3, state=state, process_index=0, process_count=1
+    )
+    stream = make(None)
+    first = next(stream)
+    assert first["image"].shape == (8, 64, 64, 3) and first["image"].dtype == np.float32
+    assert -1 <= first["image"].min() and first["image"].max() <= 1 and first["image"].std() > 0.1
+    labels = first["label"]
+    assert labels.dtype == np.int32 and 0 <= labels.min() <= labels.max() < 1000
+    state = stream.get_state()
+    expected = next(stream)
+    resumed = next(make(state))
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(resumed[key], expected[key])
+    assert not np.array_equal(expected["image"], first["image"])
