@@ -116,7 +116,8 @@ def test_bad_input_is_refused_before_the_workdir_is_written(
         (["--config.ema_decays[0]=0.5"], TEACHER,
          r"--config.ema_decays\[0\]: config.ema_decays is a tuple and cannot be set item by item"),
         ([], "configs/digits_diffusion.py:model=huge",
-         r"flag --config=\S+:model=huge: model config name: unknown 'huge'"),
+         r"flag --config=\S+:model=huge: config argument model='huge': expected one of digits, "
+         r"tiny"),
         (["--config.model.name=digits"], TEACHER,
          r"--config.model.name: the network is chosen by the config file's argument \(e.g. "
          r"--config=configs/digits_diffusion.py:model=tiny"),
