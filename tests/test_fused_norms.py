@@ -154,15 +154,16 @@ def test_concat_dense_equals_dense_of_the_concatenation():
 def _tiny(fused: bool, scan_blocks: bool):
     config = model_config("tiny")
     config.update(fused_norms=fused, split_skip_dense=fused, scan_blocks=scan_blocks)
-    if scan_blocks:  # two blocks per run, so each scan loops
-        config.update(level_blocks=(2, 2), middle_blocks=2)
+    if scan_blocks:  # two blocks per run, so each scan loops; each block rematerialised
+        config.update(level_blocks=(2, 2), middle_blocks=2, remat="dots_saveable")
     return config
 
 
 @pytest.mark.parametrize("scan_blocks", [False, True], ids=["unrolled", "scanned"])
 def test_uvit_is_the_same_function_with_the_fused_layers(scan_blocks):
     """Same parameters (either setting's initial values), outputs and gradients with
-    fused_norms and split_skip_dense on and off; the scanned network has text conditioning."""
+    fused_norms and split_skip_dense on and off; the scanned network has text conditioning and
+    remat (the fused norm's backward pass inside jax.checkpoint inside nn.scan)."""
     text_width = 8 if scan_blocks else 0
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     z = jax.random.normal(keys[0], (2, 8, 8, 3))

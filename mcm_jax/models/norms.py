@@ -89,12 +89,7 @@ def _backward(axes, activation, dtype, residuals, dy):
     )
 
 
-_norm_modulate.defvjp(
-    lambda x, gamma, beta, scale, shift, axes, activation, dtype: _forward(
-        x, gamma, beta, scale, shift, axes, activation, dtype
-    ),
-    _backward,
-)
+_norm_modulate.defvjp(_forward, _backward)
 
 
 def norm_modulate(
@@ -169,7 +164,8 @@ def norm(
 ) -> jax.Array:
     """A UViT norm named `name` inside the calling module: `Norm` (fused), or the flax
     composition it replaces: nn.GroupNorm / nn.LayerNorm, then x * (1 + scale) + shift and the
-    activation in `dtype`. scale, shift: (batch, channels) or None. Same parameters either way."""
+    activation in `dtype`. scale, shift: (batch, channels), both or neither. Same parameters
+    either way."""
     if fused:
         return Norm(num_groups, affine, activation, dtype, name=name)(x, scale, shift)
     if num_groups is None:

@@ -78,9 +78,8 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "attention_impl", ATTENTION_IMPLS)
     _check_choice(config, "remat", REMAT_POLICIES)
     for field in ("scan_blocks", "fused_norms", "split_skip_dense"):
-        _require(
-            isinstance(config[field], bool), f"{field}: must be True or False, got {config[field]!r}"
-        )
+        value = config[field]
+        _require(isinstance(value, bool), f"{field}: must be True or False, got {value!r}")
     _check_positive(
         config,
         "middle_channels",
