@@ -113,7 +113,7 @@ class UViT(nn.Module):
     fused function with a hand-written backward pass that keeps bf16 inputs, not float32 copies
     (norms.py); split_skip_dense: the skip merges without the concatenated copy
     (layers.ConcatDense). Both compute the same function with the same parameters, so either
-    setting restores the other's checkpoints; they differ only in bf16 rounding.
+    setting restores the other's checkpoints; they differ only in rounding.
     """
 
     channels: int
