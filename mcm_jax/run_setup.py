@@ -31,7 +31,8 @@ Params = Any
 
 # Model fields that change how a network computes or trains, not which parameters it has.
 ARCHITECTURE_EXEMPT = (
-    "dtype", "attention_impl", "remat", "scan_blocks", "level_dropout", "middle_dropout", "name",
+    "dtype", "attention_impl", "remat", "scan_blocks", "fused_norms", "split_skip_dense",
+    "level_dropout", "middle_dropout", "name",
 )
 
 

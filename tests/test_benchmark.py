@@ -110,6 +110,23 @@ def test_a_variant_runs_in_its_own_process_with_its_environment(tmp_path, monkey
     assert rows[0].status.startswith("error: exit ") and "xla_no_such_flag" in rows[0].status
 
 
+def test_a_variant_overrides_every_networks_model_fields(monkeypatch):
+    """The fused-layers variants reach each network of the check (the dry run's tiny one
+    included, which keeps the paper network's settings); a field the model lacks fails."""
+    assert gpu_check.train_config("cd", "small", 8, dry_run=True).model.fused_norms  # the paper's
+    for name, expected in (("unfused", (False, False)), ("fused_norms_off", (False, True)),
+                           ("split_skip_dense_off", (True, False))):
+        for key, value in gpu_check.VARIANTS[name].items():
+            monkeypatch.setenv(key, value)
+        for config in (gpu_check.train_config("diffusion", "small", 64, dry_run=False),
+                       gpu_check.train_config("cd", "small", 8, dry_run=True),
+                       gpu_check.t2i_config(4, dry_run=True, middle_blocks=1)):
+            assert (config.model.fused_norms, config.model.split_skip_dense) == expected, name
+    monkeypatch.setenv(gpu_check.MODEL_OVERRIDES_ENV, '{"fused_norm": false}')
+    with pytest.raises(ValueError, match="MCM_JAX_GPU_CHECK_MODEL: 'fused_norm' is no field"):
+        gpu_check.train_config("cd", "small", 8, dry_run=True)
+
+
 def _attempts(fits_up_to: int, log: list):
     def attempt(batch):
         log.append(batch)

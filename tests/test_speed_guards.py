@@ -113,11 +113,12 @@ def _train_step_jaxpr(config):
 
 
 def _tiny_bf16(objective: str, method: str = "cd", remat: str = "none", scan_blocks=False):
-    """The tiny network in bf16; scanned with two blocks per run (so each scan loops)."""
+    """The tiny network in bf16; scanned with two blocks per run (so each scan loops) and, as
+    the paper's networks, the fused norms and split skip merges."""
     runs = dict(level_blocks=(2, 2), middle_blocks=2) if scan_blocks else {}
     config = config_lib.with_model(
         config_lib.base_config(), "tiny", dtype="bfloat16", remat=remat, scan_blocks=scan_blocks,
-        **runs,
+        fused_norms=scan_blocks, split_skip_dense=scan_blocks, **runs,
     )
     config.objective = objective
     config.mcm.method = method

@@ -29,7 +29,9 @@ would start past it is skipped, and the large-batch search stops trying bigger b
 To diagnose, not only measure: `--profile_dir` traces each train step and prints its ten most
 expensive operations (name, ms per step, share; `profile_ops`), and `--variants` runs the check
 once per A/B variant of VARIANTS, each in its own process (XLA reads its flags, and JAX its
-default PRNG, once per process), with the budget split between them, in one table.
+default PRNG, once per process), with the budget split between them, in one table. A variant
+may also override fields of every network's config.model (MODEL_OVERRIDES_ENV): `unfused`,
+`fused_norms_off` and `split_skip_dense_off` turn the paper networks' fused layers off.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ ITEMS = (
     "diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "batch_sweep",
     "cd_large", "t2i_diffusion",
 )
+# A variant's overrides of every network's config.model fields, JSON {field: value}.
+MODEL_OVERRIDES_ENV = "MCM_JAX_GPU_CHECK_MODEL"
 # A/B variants: environment settings of one process (XLA_FLAGS are added to the caller's).
 VARIANTS = {
     "baseline": {},
@@ -73,6 +77,10 @@ VARIANTS = {
     # Dropout bits from another PRNG: threefry (the default) costs many integer ops per bit.
     "prng_rbg": {"JAX_DEFAULT_PRNG_IMPL": "rbg"},
     "prng_unsafe_rbg": {"JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg"},
+    # The paper networks' fewer-bytes layers (on by default) off, together and one at a time.
+    "unfused": {MODEL_OVERRIDES_ENV: json.dumps({"fused_norms": False, "split_skip_dense": False})},
+    "fused_norms_off": {MODEL_OVERRIDES_ENV: json.dumps({"fused_norms": False})},
+    "split_skip_dense_off": {MODEL_OVERRIDES_ENV: json.dumps({"split_skip_dense": False})},
 }
 T2I_DEPTHS = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16)  # middle_blocks the t2i item may try
 T2I_BATCH = 4
@@ -132,9 +140,24 @@ class Row:
     top_ops: list[dict] = dataclasses.field(default_factory=list)  # profile_ops.OpTime fields
 
 
+def _with_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with this process's variant's model overrides ($MCM_JAX_GPU_CHECK_MODEL), if any."""
+    overrides = json.loads(os.environ.get(MODEL_OVERRIDES_ENV) or "{}")
+    for field, value in overrides.items():
+        if field not in config.model or field == "name":
+            raise ValueError(f"{MODEL_OVERRIDES_ENV}: {field!r} is no field of config.model")
+        config.model[field] = value
+    return config
+
+
 def _shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The dry run's network: `tiny` at 16 px, computing in bf16 like the paper's."""
-    config_lib.with_model(config, "tiny", dtype="bfloat16")
+    """The dry run's network: `tiny` at 16 px, computing in bf16 with the fused layers like the
+    paper's."""
+    paper = config.model
+    config_lib.with_model(
+        config, "tiny", dtype="bfloat16", fused_norms=paper.fused_norms,
+        split_skip_dense=paper.split_skip_dense,
+    )
     config.data.resolution = 16
     config.schedule.noise_resolution_low, config.schedule.noise_resolution_high = 8, 16
     return config
@@ -149,7 +172,7 @@ def train_config(kind: str, size: str, batch: int, dry_run: bool) -> ml_collecti
         config.teacher.workdir = "unused: the benchmark's teacher is the initial parameters"
     config = _shrink(config) if dry_run else config
     config.training.batch_size = batch
-    return config
+    return _with_variant(config)
 
 
 def t2i_config(
@@ -166,7 +189,7 @@ def t2i_config(
     if middle_blocks is not None:
         config.model.middle_blocks = middle_blocks
     config.training.batch_size = batch
-    return config
+    return _with_variant(config)
 
 
 def _label(config: ml_collections.ConfigDict) -> str:

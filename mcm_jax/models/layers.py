@@ -181,3 +181,27 @@ class CrossAttention(nn.Module):
             attended.reshape(batch, length, channels)
         )
         return jnp.where(has_text[:, None, None], out, jnp.zeros((), out.dtype))
+
+
+class ConcatDense(nn.Module):
+    """nn.Dense of the concatenation of its inputs on the last axis, without making it:
+    concatenate([h, skip]) @ W + b computed as h @ W[:c] + skip @ W[c:] + b (the UViT's skip
+    merge, config.model.split_skip_dense), which saves writing and reading the concatenated
+    activation (and, on the backward pass, slicing its cotangent). The parameters are those of the
+    nn.Dense it replaces (`kernel` (sum of widths, features), lecun-normal; `bias`, zeros;
+    float32), so either restores the other's checkpoint; computes in `dtype` as nn.Dense does."""
+
+    features: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, *inputs: jax.Array) -> jax.Array:
+        widths = [x.shape[-1] for x in inputs]
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (sum(widths), self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        *inputs, kernel, bias = nn.dtypes.promote_dtype(*inputs, kernel, bias, dtype=self.dtype)
+        parts = jnp.split(kernel, np.cumsum(widths)[:-1], axis=0)
+        out = sum(x @ part for x, part in zip(inputs, parts))
+        return out + bias

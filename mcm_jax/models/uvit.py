@@ -14,7 +14,10 @@ import ml_collections
 from mcm_jax.models import stacking
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
 from mcm_jax.models.configs import RESNET, TRANSFORMER
-from mcm_jax.models.layers import ConditioningEmbedding, TextContext, sincos_position_embedding
+from mcm_jax.models.layers import (
+    ConcatDense, ConditioningEmbedding, TextContext, sincos_position_embedding,
+)
+from mcm_jax.models.norms import norm
 from mcm_jax.models.validation import DTYPES, validate_static
 
 
@@ -43,6 +46,14 @@ def _add_position_embedding(x: jax.Array) -> jax.Array:
     return x + position.astype(x.dtype)
 
 
+def _merge_skip(h: jax.Array, skip: jax.Array, split: bool, dtype: Any, name: str) -> jax.Array:
+    """The up path's skip merge `name`: concatenate, then a dense layer back to h's width; split:
+    the same layer without the concatenated copy (layers.ConcatDense, same parameters)."""
+    if split:
+        return ConcatDense(h.shape[-1], dtype, name=name)(h, skip)
+    return nn.Dense(h.shape[-1], dtype=dtype, name=name)(jnp.concatenate([h, skip], axis=-1))
+
+
 def _block_conditions(
     kind: str, embedding: jax.Array, context: tuple[jax.Array, ...] | None
 ) -> tuple:
@@ -62,14 +73,14 @@ class _Step(nn.Module):
     block: nn.Module  # adopted under its field name, stacking.BLOCK
     merge_skip: bool
     keep_outputs: bool
+    split_skip_dense: bool = False
 
     @nn.compact
     def __call__(
         self, h: jax.Array, skip: jax.Array | None, conditions: tuple
     ) -> tuple[jax.Array, jax.Array | None]:
         if self.merge_skip:
-            merged = jnp.concatenate([h, skip], axis=-1)
-            h = nn.Dense(h.shape[-1], dtype=self.block.dtype, name=stacking.SKIP)(merged)
+            h = _merge_skip(h, skip, self.split_skip_dense, self.block.dtype, stacking.SKIP)
         h = self.block(h, *conditions)
         return h, (h if self.keep_outputs else None)
 
@@ -97,6 +108,12 @@ class UViT(nn.Module):
     their skip merges, the middle stack) is one nn.scan, so XLA compiles one block per run instead
     of every block; the function is the same, the parameters of a run are stacked on a leading
     axis (the layouts and their conversion: stacking.py).
+
+    fused_norms: every GroupNorm and LayerNorm with the modulation and activation after it as one
+    fused function with a hand-written backward pass that keeps bf16 inputs, not float32 copies
+    (norms.py); split_skip_dense: the skip merges without the concatenated copy
+    (layers.ConcatDense). Both compute the same function with the same parameters, so either
+    setting restores the other's checkpoints; they differ only in rounding.
     """
 
     channels: int
@@ -118,6 +135,8 @@ class UViT(nn.Module):
     remat: str
     scan_blocks: bool = False
     text_width: int = 0
+    fused_norms: bool = False
+    split_skip_dense: bool = False
 
     def _check_text(
         self, batch: int, text: jax.Array | None, text_mask: jax.Array | None
@@ -150,7 +169,10 @@ class UViT(nn.Module):
         scanned: bool = False,
     ) -> nn.Module:
         """A block named `name`; scanned: unbound (a _Step adopts it) and for a scan's body."""
-        shared = dict(channels=width, dropout=dropout, deterministic=not train, dtype=self.dtype)
+        shared = dict(
+            channels=width, dropout=dropout, deterministic=not train, dtype=self.dtype,
+            fused_norms=self.fused_norms,
+        )
         if scanned:
             shared["parent"] = None
         block_class = _block_class(kind, self.remat, prevent_cse=not scanned)
@@ -178,7 +200,10 @@ class UViT(nn.Module):
             length=length,
         )
         block = self._block(kind, width, dropout, train, scanned=True)
-        return scanned(block=block, merge_skip=merge_skip, keep_outputs=keep_outputs, name=name)
+        return scanned(
+            block=block, merge_skip=merge_skip, keep_outputs=keep_outputs,
+            split_skip_dense=self.split_skip_dense, name=name,
+        )
 
     def _check_inputs(self, z: jax.Array, logsnr: jax.Array, label: jax.Array) -> None:
         pooling = 2 ** len(self.level_kinds)
@@ -274,13 +299,17 @@ class UViT(nn.Module):
                 h, _ = scanned(h, skips.pop()[::-1], conditions)  # the last skip first
                 continue
             for index in range(blocks):
-                merged = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = nn.Dense(width, dtype=self.dtype, name=f"up{level}_skip{index}")(merged)
+                h = _merge_skip(
+                    h, skips.pop(), self.split_skip_dense, self.dtype, f"up{level}_skip{index}"
+                )
                 h = self._block(kind, width, dropout, train, f"up{level}_block{index}")(
                     h, *conditions
                 )
 
-        h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        h = norm(
+            h, fused=self.fused_norms, name="norm_out", num_groups=self.norm_groups,
+            dtype=self.dtype, activation=nn.silu,
+        )
         v_hat = nn.Conv(
             self.channels,
             (3, 3),

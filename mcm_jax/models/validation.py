@@ -77,10 +77,9 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "dtype", tuple(DTYPES))
     _check_choice(config, "attention_impl", ATTENTION_IMPLS)
     _check_choice(config, "remat", REMAT_POLICIES)
-    _require(
-        isinstance(config.scan_blocks, bool),
-        f"scan_blocks: must be True or False, got {config.scan_blocks!r}",
-    )
+    for field in ("scan_blocks", "fused_norms", "split_skip_dense"):
+        value = config[field]
+        _require(isinstance(value, bool), f"{field}: must be True or False, got {value!r}")
     _check_positive(
         config,
         "middle_channels",
