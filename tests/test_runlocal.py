@@ -12,9 +12,11 @@ test here.
 import json
 import logging
 import os
+import pathlib
 import subprocess
 import sys
 
+import filelock
 import numpy as np
 import pytest
 from absl import flags
@@ -92,37 +94,70 @@ def run_locally(name: str, arg: str, workdir, data_dir, *extra: str, cycle: bool
         assert 0.0 <= row["clip_score"] <= 100.0
 
 
-@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory) -> pathlib.Path:
+    """A directory shared by the pytest-xdist workers of this session (each worker's own base
+    temp dir is one level below it), so a run one worker made is reused by the others."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "runlocal"
+
+
+class _RunlocalLines(logging.Handler):
+    """Keeps the messages of the "runlocal:" lines a run logs."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("runlocal:"):
+            self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory, digits_data_dir):
-    """`runs(name, arg, *extra, cycle=...)` runs a config file locally once per (name, arg) and
-    returns its workdir; students' teachers come from here, so each is trained once."""
-    root = tmp_path_factory.mktemp("runlocal")
-    done: dict[tuple[str, str], bool] = {}  # whether it cycled
+    """`runs(name, arg, *extra, cycle=...)` runs a config file locally once per (name, arg) in
+    the session, whichever worker asks first (the others wait on its lock), and returns its
+    workdir, with the "runlocal:" lines its first run logged in `<workdir>.json`; students'
+    teachers come from here, so each is trained once."""
+    root = shared_root(tmp_path_factory)
+    root.mkdir(exist_ok=True)
 
     def run(name: str, arg: str, *extra: str, cycle: bool = False):
         workdir = root / f"{name}_{arg.replace(',', '_').replace('=', '')}"
-        if (name, arg) not in done or (cycle and not done[name, arg]):
-            run_locally(name, arg, workdir, digits_data_dir, *extra, cycle=cycle)
-            done[name, arg] = cycle
+        lines = workdir.with_suffix(".json")
+        with filelock.FileLock(f"{workdir}.lock"):
+            done = [workdir.with_suffix(".cycled")] + ([] if cycle else [lines])
+            if not any(path.exists() for path in done):
+                handler = _RunlocalLines()
+                logging.getLogger().addHandler(handler)
+                try:
+                    run_locally(name, arg, workdir, digits_data_dir, *extra, cycle=cycle)
+                finally:
+                    logging.getLogger().removeHandler(handler)
+                if not lines.exists():
+                    lines.write_text(json.dumps(handler.lines))
+                if cycle:
+                    workdir.with_suffix(".cycled").touch()
         return workdir
 
     return run
 
 
+# (file, argument, whether the run cycles): each file's first argument trains, resumes and is
+# evaluated; the others, which give the rest of the file's values, train without sample grids.
+RUNS = [(name, arg, k == 0) for name in NAMES for k, arg in enumerate(argument_runs(name))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_every_config_file_runs_locally_with_every_argument_value(name, runs, caplog):
-    """The first argument of each file trains, resumes and is evaluated; the others (which
-    give the rest of the file's values) train 2 steps without sample grids."""
-    caplog.set_level(logging.WARNING)
-    for k, arg in enumerate(argument_runs(name)):
-        objective = config_lib.load_config_file(f"{CONFIGS}/{name}.py:{arg}").objective
-        extra = []
-        if objective == "mcm":
-            extra = [f"--config.teacher.workdir={runs(*teacher_of(name, arg))}"]
-        workdir = runs(name, arg, *extra, cycle=k == 0)
-        assert run_setup.saved_config(str(workdir)).objective == objective
-    synthetic = [r.getMessage() for r in caplog.records if r.getMessage().startswith("runlocal:")]
+@pytest.mark.parametrize("name,arg,cycle", RUNS, ids=[f"{n}:{a}" for n, a, _ in RUNS])
+def test_every_config_file_runs_locally_with_every_argument_value(name, arg, cycle, runs):
+    objective = config_lib.load_config_file(f"{CONFIGS}/{name}.py:{arg}").objective
+    extra = []
+    if objective == "mcm":
+        extra = [f"--config.teacher.workdir={runs(*teacher_of(name, arg))}"]
+    workdir = runs(name, arg, *extra, cycle=cycle)
+    assert run_setup.saved_config(str(workdir)).objective == objective
+    synthetic = json.loads(workdir.with_suffix(".json").read_text())
     if name.startswith("digits"):
         assert synthetic == []  # digits is built offline: the real data
     else:
