@@ -22,6 +22,7 @@ names.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -175,20 +176,29 @@ def run_calibrated_sweep(config, teacher_dir: str, report) -> None:
     evaluate.evaluate(config, teacher_dir, progress=report)
 
 
+def config_hash(config) -> str:
+    """SHA-256 of a run's resolved config, for `claim_runs`."""
+    return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+
+
 def claim_runs(
-    workdir: str, names: list[str], record: dict[str, str]
+    workdir: str, configs: dict[str, str], record: dict[str, str]
 ) -> tuple[dict[str, dict], list[str]]:
-    """Which runs (directories under `workdir`) to reuse: those whose recorded code hash is
-    `record`'s. Any other (a run of other code, or one that recorded none) is moved to
-    <workdir>/stale/<name>.<its hash> to be redone; new directories get `record`. Returns each
+    """Which runs (directories under `workdir`, name -> the `config_hash` it should have) to
+    reuse: those whose recorded code hash is `record`'s and config hash theirs. Any other (a run
+    of other code or config, or one that recorded none) is moved to <workdir>/stale/<name>.<its
+    code hash> to be redone; new directories get `record` and their config hash. Returns each
     name's record (the commit it was made at, for the report) and the names reused."""
     root = epath.Path(workdir)
     records, reused = {}, []
-    for name in names:
+    for name, wanted_config in configs.items():
         run_dir, path = root / name, root / name / PROVENANCE_FILE
+        new = dict(record, config_hash=wanted_config)
         if run_dir.exists():
             old = json.loads(path.read_text()) if path.exists() else {}
-            if old.get("code_hash") == record["code_hash"]:
+            if (old.get("code_hash"), old.get("config_hash")) == (
+                new["code_hash"], new["config_hash"]
+            ):
                 records[name] = old
                 reused.append(name)
                 continue
@@ -198,11 +208,11 @@ def claim_runs(
                 stale, k = base.with_name(f"{base.name}.{k}"), k + 1
             stale.parent.mkdir(parents=True, exist_ok=True)
             run_dir.rename(stale)
-            logging.warning("%s was made by other code (%s): moved to %s, redoing it",
+            logging.warning("%s was made by other code or config (%s): moved to %s, redoing it",
                             run_dir, old.get("commit", "unrecorded"), stale)
         run_dir.mkdir(parents=True)
-        files.write_bytes_atomic(path, json.dumps(record, indent=2).encode())
-        records[name] = record
+        files.write_bytes_atomic(path, json.dumps(new, indent=2).encode())
+        records[name] = new
     return records, reused
 
 
@@ -550,8 +560,8 @@ def provenance_sentence(record: dict[str, str], records: dict[str, dict], reused
     text = (
         f"Code: the files that training, sampling, scoring and calibration import "
         f"(`mcm_jax.provenance`, from {', '.join(f'`{r}`' for r in CODE_ROOTS)}) hash to "
-        f"`{record['code_hash'][:12]}` at this commit, and every run records the hash of the "
-        "code that made it; "
+        f"`{record['code_hash'][:12]}` at this commit, and every run records the hashes of the "
+        "code and the config that made it; "
     )
     if not reused:
         return text + f"all {len(records)} runs were made by this invocation."
@@ -568,7 +578,8 @@ def run(workdir: str, out: str, scale: Scale, command: str, stream=None) -> epat
     start = time.time()
     job = runs(workdir, scale)
     record = provenance.record(CODE_ROOTS)
-    records, reused = claim_runs(workdir, [DATA_DIR] + [run.name for run in job], record)
+    configs = {DATA_DIR: ""} | {run.name: config_hash(run.config) for run in job}
+    records, reused = claim_runs(workdir, configs, record)
     records.pop(DATA_DIR)
     reused = [name for name in reused if name != DATA_DIR]
     calibrated = calibrated_teacher_config(workdir, job[0])

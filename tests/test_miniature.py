@@ -134,19 +134,25 @@ def test_tiny_miniature_end_to_end_then_reuses_finished_runs(tmp_path):
     assert "10 of the 10 runs were reused" in path.read_text()
 
 
-def test_runs_of_other_code_are_moved_aside_and_redone(tmp_path):
-    """A run is reused only if the hash of its code is this code's; others move to stale/."""
+def test_runs_of_other_code_or_config_are_moved_aside_and_redone(tmp_path):
+    """A run is reused only if the hashes of its code and config are this invocation's; others
+    move to stale/ (nothing is deleted)."""
     record = {"commit": "new", "code_hash": "a" * 64}
-    records, reused = miniature.claim_runs(str(tmp_path), ["teacher", "cd_s1_seed0"], record)
-    assert reused == [] and records == {"teacher": record, "cd_s1_seed0": record}
+    configs = {"teacher": "t", "cd_s1_seed0": "c"}
+    records, reused = miniature.claim_runs(str(tmp_path), configs, record)
+    assert reused == [] and records["teacher"] == dict(record, config_hash="t")
     (tmp_path / "teacher" / "checkpoint").write_text("kept")
-    records, reused = miniature.claim_runs(str(tmp_path), ["teacher", "cd_s1_seed0"], record)
+    records, reused = miniature.claim_runs(str(tmp_path), configs, record)
     assert reused == ["teacher", "cd_s1_seed0"]
     assert (tmp_path / "teacher" / "checkpoint").read_text() == "kept"
+    records, reused = miniature.claim_runs(str(tmp_path), {"cd_s1_seed0": "other"}, record)
+    assert reused == [] and (tmp_path / "stale" / f"cd_s1_seed0.{'a' * 12}").is_dir()
     changed = {"commit": "newer", "code_hash": "b" * 64}
     (tmp_path / "ct_s1_seed0").mkdir()  # a run of code that recorded no hash
-    records, reused = miniature.claim_runs(str(tmp_path), ["teacher", "ct_s1_seed0"], changed)
-    assert reused == [] and records["teacher"] == changed
+    records, reused = miniature.claim_runs(
+        str(tmp_path), {"teacher": "t", "ct_s1_seed0": "c"}, changed
+    )
+    assert reused == [] and records["teacher"] == dict(changed, config_hash="t")
     assert not (tmp_path / "teacher" / "checkpoint").exists()
     assert (tmp_path / "stale" / f"teacher.{'a' * 12}" / "checkpoint").read_text() == "kept"
     assert (tmp_path / "stale" / "ct_s1_seed0.unrecorded").is_dir()
