@@ -1,8 +1,9 @@
 """Checkpoints with orbax: the whole train state, the data position and the resolved config.
 
 Items are saved separately (params, opt_state, ema_params, meta, and progressive distillation's
-round teacher) so a distillation run can restore only a teacher's EMA parameters. Saves are asynchronous and atomic (orbax writes a temporary
-directory and renames it), so a job killed at any moment restarts from the last complete step.
+round teacher) so a distillation run can restore only a teacher's EMA parameters. Saves are
+asynchronous and atomic (orbax writes a temporary directory and renames it), so a job killed at
+any moment restarts from the last complete step.
 Every process calls every method; orbax coordinates the writes.
 
 Each step's meta also holds a checksum of every saved array, computed from the values on the

@@ -514,7 +514,9 @@ def pd_target(
     alpha_mid, sigma_mid = schedule.alpha_sigma(t_mid)
     alpha_s, sigma_s = schedule.alpha_sigma(s)
     z_mid = diffusion.ddim_step(teacher_fn(z_t, t), z_t, alpha_t, sigma_t, alpha_mid, sigma_mid)
-    z_s = diffusion.ddim_step(teacher_fn(z_mid, t_mid), z_mid, alpha_mid, sigma_mid, alpha_s, sigma_s)
+    z_s = diffusion.ddim_step(
+        teacher_fn(z_mid, t_mid), z_mid, alpha_mid, sigma_mid, alpha_s, sigma_s
+    )
     return diffusion.inverse_ddim(z_s, z_t, alpha_t, sigma_t, alpha_s, sigma_s)
 
 

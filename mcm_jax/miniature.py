@@ -86,7 +86,8 @@ TEACHER_SAMPLERS = ("ddim", "addim", "addim_calibrated")
 # are reused only while the hash of what these import is unchanged.
 CODE_ROOTS = ("mcm_jax.train", "mcm_jax.eval.evaluate", "mcm_jax.calibrate", "mcm_jax.digits_runs")
 PROVENANCE_FILE = "provenance.json"
-DATA_DIR = "tensorflow_datasets"  # the runs' data and digits classifier (digits_runs), redone with them
+# The runs' data and digits classifier (digits_runs): redone with the runs when the code changes.
+DATA_DIR = "tensorflow_datasets"
 EVAL_TAG = "sweep"  # eval.name of every run's own sweep
 CALIBRATED_TAG = "calibrated_x_var"  # eval.name of the teacher's aDDIM with the calibrated table
 
@@ -318,6 +319,7 @@ def write_samples_picture(path: epath.Path, workdir: str, scale: Scale) -> None:
 
 
 AGREES, DISAGREES, INCONCLUSIVE = "**Agrees.**", "**Does not agree.**", "**Inconclusive.**"
+PD_OUTCOMES = {AGREES: "CD ahead", DISAGREES: "PD ahead", INCONCLUSIVE: "within the noise"}
 
 
 def _verdict(expected_lower: float, other: float, noise: float) -> str:
@@ -412,8 +414,7 @@ def claims(summary: dict, scale: Scale) -> list[str]:
         + "; ".join(
             f"S = {k}: {t1[('cd', k)]['fd_digits'][0]:.2f} vs {t1[('pd', k)]['fd_digits'][0]:.2f} "
             f"(noise ±{pair_noise(k, ('cd', 'pd')):.2f}, "
-            + {AGREES: "CD ahead", DISAGREES: "PD ahead", INCONCLUSIVE: "within the noise"}[cd_pd[k]]
-            + ")"
+            + PD_OUTCOMES[cd_pd[k]] + ")"
             for k in pd_steps
         )
         + ". Overall: " + _overall(list(cd_pd.values())),

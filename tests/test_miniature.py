@@ -156,13 +156,18 @@ def test_runs_of_other_code_or_config_are_moved_aside_and_redone(tmp_path):
     assert not (tmp_path / "teacher" / "checkpoint").exists()
     assert (tmp_path / "stale" / f"teacher.{'a' * 12}" / "checkpoint").read_text() == "kept"
     assert (tmp_path / "stale" / "ct_s1_seed0.unrecorded").is_dir()
-    sentence = miniature.provenance_sentence(changed, {"teacher": record, "x": changed}, ["teacher"])
+    sentence = miniature.provenance_sentence(
+        changed, {"teacher": record, "x": changed}, ["teacher"]
+    )
     assert f"hash to `{'b' * 12}`" in sentence
     assert "1 of the 2 runs were reused from an earlier invocation at commit `new`" in sentence
 
 
 def test_the_code_hash_follows_the_imports_of_what_runs():
-    files = {str(p.relative_to(provenance.ROOT)) for p in provenance.source_files(miniature.CODE_ROOTS)}
+    files = {
+        str(p.relative_to(provenance.ROOT))
+        for p in provenance.source_files(miniature.CODE_ROOTS)
+    }
     assert {"mcm_jax/train.py", "mcm_jax/losses.py", "mcm_jax/eval/evaluate.py",
             "mcm_jax/calibrate.py", "mcm_jax/presets.py", "mcm_jax/input_pipeline.py",
             "mcm_jax/digits_classifier.py"} <= files

@@ -91,7 +91,8 @@ def test_pd_refuses_s_not_reached_by_halving_and_a_budget_short_of_the_last_roun
     config = presets.digits_pd("steps=4,model=tiny")  # 32 -> 4: 4 rounds of 375
     config.training.num_steps = 3 * 375
     with pytest.raises(ValueError, match=r"^config.training.num_steps: 1125 ends before the last "
-                       r"of the 4 .* starts at step 1125 \(mcm.pd_round_steps=375\); give at least 1500"):
+                       r"of the 4 .* starts at step 1125 \(mcm.pd_round_steps=375\); give at "
+                       r"least 1500"):
         train_step.consistency_loss_config(config)
 
 
