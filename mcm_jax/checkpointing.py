@@ -1,8 +1,9 @@
 """Checkpoints with orbax: the whole train state, the data position and the resolved config.
 
-Items are saved separately (params, opt_state, ema_params, meta) so a distillation run can restore
-only a teacher's EMA parameters. Saves are asynchronous and atomic (orbax writes a temporary
-directory and renames it), so a job killed at any moment restarts from the last complete step.
+Items are saved separately (params, opt_state, ema_params, meta, and progressive distillation's
+round teacher) so a distillation run can restore only a teacher's EMA parameters. Saves are
+asynchronous and atomic (orbax writes a temporary directory and renames it), so a job killed at
+any moment restarts from the last complete step.
 Every process calls every method; orbax coordinates the writes.
 
 Each step's meta also holds a checksum of every saved array, computed from the values on the
@@ -40,7 +41,15 @@ CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 CONFIG_FILE = "config.json"
 ARRAY_ITEMS = ("params", "opt_state", "ema_params")
-ITEMS = ARRAY_ITEMS + ("meta",)
+OPTIONAL_ITEMS = ("teacher",)  # progressive distillation's round teacher, where the state has one
+ITEMS = ARRAY_ITEMS + OPTIONAL_ITEMS + ("meta",)
+
+
+def _array_items(state: Any) -> dict[str, Any]:
+    """The state's array items that it has (a state's `teacher` is None but for progressive
+    distillation)."""
+    names = ARRAY_ITEMS + OPTIONAL_ITEMS
+    return {k: getattr(state, k) for k in names if getattr(state, k, None) is not None}
 
 
 class DamagedCheckpointError(ValueError):
@@ -170,7 +179,8 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict) -> None:
         """Saves (asynchronously) the train state, the data position and the arrays' checksums
         at `step`. A state with non-finite parameters is never saved: FloatingPointError."""
-        checksums, finite = fingerprint({k: getattr(state, k) for k in ARRAY_ITEMS})
+        items = _array_items(state)
+        checksums, finite = fingerprint(items)
         if not finite:
             self.wait()
             raise FloatingPointError(
@@ -181,9 +191,7 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                opt_state=ocp.args.StandardSave(state.opt_state),
-                ema_params=ocp.args.StandardSave(state.ema_params),
+                **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
                 meta=ocp.args.JsonSave(meta),
             ),
             force=True,
@@ -203,9 +211,7 @@ class Checkpointer:
 
         Raises DamagedCheckpointError when the step cannot be read or its checksums differ.
         """
-        return self._restore_arrays(
-            step, {name: getattr(abstract_state, name) for name in ARRAY_ITEMS}
-        )
+        return self._restore_arrays(step, _array_items(abstract_state))
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, dict[str, Any], dict] | None:
         """(step, items, meta) of the newest step that restores intact, or None without steps.

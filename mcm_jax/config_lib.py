@@ -50,14 +50,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.noise_resolution_high = 0  # interpolated_cosine: r_hi
 
     c.diffusion = ml_collections.ConfigDict()
-    c.diffusion.weighting = "v"  # v | x | snr_plus_one (see mcm.weighting)
+    c.diffusion.weighting = "v"  # v | x | snr_plus_one | truncated_snr (see mcm.weighting)
     c.diffusion.distance = "mse"
     c.diffusion.huber_c = 1e-4
     c.diffusion.label_dropout = 0.0  # > 0 trains for classifier-free guidance
     c.diffusion.multiscale_pools = 0  # > 0: simple diffusion's multiscale loss over this many 2x2 pools
 
     c.mcm = ml_collections.ConfigDict()
-    c.mcm.method = "cd"  # ct | cd
+    c.mcm.method = "cd"  # ct | cd | pd (progressive distillation, the baseline: docs/method.md §10)
     c.mcm.student_steps = 8
     c.mcm.teacher_steps_start = 64
     c.mcm.teacher_steps_end = 1280
@@ -65,10 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mcm.xvar_frac = 0.75
     c.mcm.huber_c = 1e-4
     # v: pseudo-Huber of the v-space error (x − x̂)/σ_t, the paper's "v-loss"; snr_plus_one:
-    # (SNR(t) + 1) × pseudo-Huber of the x-space error, Algorithm 1 read literally; x: unweighted.
+    # (SNR(t) + 1) × pseudo-Huber of the x-space error, Algorithm 1 read literally; x: unweighted;
+    # truncated_snr: max(SNR(t), 1) × the x-space distance (progressive distillation's).
     c.mcm.weighting = "v"
     c.mcm.guidance_weight = 0.0
     c.mcm.multiscale_pools = 0  # > 0: the consistency loss over this many 2x2 pools, as diffusion's
+    # pd: the first round's student takes pd_start_steps (its teacher twice as many DDIM steps);
+    # each round of pd_round_steps iterations halves it, down to student_steps in the last round.
+    c.mcm.pd_start_steps = 1024
+    c.mcm.pd_round_steps = 50_000
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.workdir = ""  # a diffusion run's workdir (needed by objective "mcm")

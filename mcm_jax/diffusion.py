@@ -14,8 +14,10 @@ Array = jax.Array
 
 
 def expand_to(a: Array, x: Array) -> Array:
-    """Reshapes a scalar or per-example (batch,) array so it broadcasts against x."""
-    a = jnp.asarray(a, jnp.float32)
+    """Reshapes a scalar or per-example (batch,) array so it broadcasts against x, in float32 or
+    wider (float64 stays float64 where enabled, for exact checks of the formulas)."""
+    a = jnp.asarray(a)
+    a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
     if a.ndim == 0:
         return a
     if a.ndim != 1 or a.shape[0] != x.shape[0]:

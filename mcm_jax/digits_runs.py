@@ -13,14 +13,14 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from mcm_jax import presets, progress, train
+from mcm_jax import losses, presets, progress, train
 from mcm_jax.eval import evaluate
 
 # Forward-pass equivalents per example of one train step (a backward pass costs about two), for
 # the time-left estimate: diffusion = student fwd + bwd; CT adds a target forward; CD adds the
-# teacher's two aDDIM steps and the target forward.
-_TRAIN_FORWARDS = {"diffusion": 3, "ct": 4, "cd": 6}
-_COMPILE_COST = 20_000  # image forwards that compiling a program costs, roughly, on a CPU
+# teacher's two aDDIM steps and the target forward; PD adds the teacher's two DDIM steps.
+_TRAIN_FORWARDS = {"diffusion": 3, "ct": 4, "cd": 6, "pd": 5}
+COMPILE_COST = 20_000  # image forwards that compiling a program costs, roughly, on a CPU
 
 
 def _ema_decay(num_steps: int) -> float:
@@ -86,6 +86,26 @@ def student_config(
     return _override(config, overrides or {})
 
 
+def pd_config(
+    workdir: str, teacher_dir: str, *, sampling_steps: int, start_steps: int, model: str,
+    steps: int, samples: int, seed: int = 0, overrides: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """A progressive distillation student of the teacher in `teacher_dir`, from `start_steps` (N)
+    down to `sampling_steps` (S), trained for `steps` iterations in all: equal rounds of
+    steps // rounds (so at most `steps`, and exactly where the rounds divide it), each with its
+    own warm-up and an EMA for the round's length."""
+    config = presets.digits_pd(f"steps={sampling_steps},model={model}")
+    config = _common(config, workdir, samples, seed)
+    config.teacher.workdir = teacher_dir
+    round_steps = steps // losses.pd_rounds(start_steps, sampling_steps)
+    config.mcm.update(pd_start_steps=start_steps, pd_round_steps=round_steps)
+    num_steps = round_steps * losses.pd_rounds(start_steps, sampling_steps)
+    config.optimizer.warmup_steps = _warmup(config, round_steps)
+    config.training.update(num_steps=num_steps, checkpoint_every=num_steps, log_every=10)
+    config.ema_decays = (_ema_decay(round_steps),)
+    return _override(config, overrides or {})
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A run of a job: its directory name under the job's workdir and its config."""
@@ -106,8 +126,8 @@ class Run:
         )
         return [
             progress.Stage(f"{self.name}: train {c.training.num_steps} steps",
-                           train_cost + _COMPILE_COST),
-            progress.Stage(f"{self.name}: evaluate", sampler_steps * e.num_samples + _COMPILE_COST),
+                           train_cost + COMPILE_COST),
+            progress.Stage(f"{self.name}: evaluate", sampler_steps * e.num_samples + COMPILE_COST),
         ]
 
 

@@ -1,4 +1,5 @@
-"""Training objectives: the diffusion v-loss and the multistep consistency loss (docs/method.md).
+"""Training objectives: the diffusion v-loss, the multistep consistency loss and progressive
+distillation (docs/method.md).
 
 Losses are pure functions of parameters and a batch. The network enters as a `ModelFn`
 (params, z, t, cond, train, dropout_rng) -> x̂ (cond: a `conditioning.Condition`, the label and,
@@ -23,8 +24,10 @@ Array = jax.Array
 Params = Any
 ModelFn = Callable[[Params, Array, Array, Array, bool, Optional[Array]], Array]
 
-METHODS = ("ct", "cd")
-WEIGHTINGS = ("v", "x", "snr_plus_one")
+METHODS = ("ct", "cd")  # the multistep consistency methods
+# What `mcm.method` takes: CT, CD, or progressive distillation (Salimans & Ho 2022), the baseline.
+STUDENT_METHODS = METHODS + ("pd",)
+WEIGHTINGS = ("v", "x", "snr_plus_one", "truncated_snr")
 DISTANCES = ("mse", "pseudo_huber")
 
 
@@ -128,17 +131,20 @@ def weighted_delta(x_hat: Array, x_target: Array, sigma_t: Array, weighting: str
     x_target = jnp.asarray(x_target, jnp.float32)
     if weighting == "v":
         return (x_hat - x_target) / diffusion.expand_to(sigma_t, x_hat)
-    if weighting in ("x", "snr_plus_one"):
+    if weighting in ("x", "snr_plus_one", "truncated_snr"):
         return x_hat - x_target
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def loss_weight(sigma_t: Array, weighting: str) -> Array:
     """w_t, the factor on each example's distance: SNR(t) + 1 = 1/σ_t² for "snr_plus_one" (the
-    paper's Algorithm 1 read literally, L = w_t·‖x̂_diff‖), 1 for "v" and "x"."""
+    paper's Algorithm 1 read literally, L = w_t·‖x̂_diff‖), max(SNR(t), 1) = max(α_t², σ_t²)/σ_t²
+    for "truncated_snr" (progressive distillation's weighting), 1 for "v" and "x"."""
     sigma_t = jnp.asarray(sigma_t, jnp.float32)
     if weighting == "snr_plus_one":
         return 1.0 / sigma_t**2
+    if weighting == "truncated_snr":  # variance preserving: α_t² = 1 − σ_t²
+        return jnp.maximum(1.0 - sigma_t**2, sigma_t**2) / sigma_t**2
     if weighting in ("v", "x"):
         return jnp.ones_like(sigma_t)
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -218,8 +224,12 @@ class DiffusionLossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyLossConfig:
-    """The multistep consistency objective (paper's Algorithm 1; defaults from its appendix A.1):
-    w_t · pseudo-Huber of the `weighting`-space error, over `multiscale_pools` + 1 resolutions."""
+    """The student's objective. CT and CD: the multistep consistency objective (paper's Algorithm
+    1; defaults from its appendix A.1), w_t · pseudo-Huber of the `weighting`-space error over
+    `multiscale_pools` + 1 resolutions. PD: progressive distillation (`pd_loss`), rounds of
+    `pd_round_steps` iterations from `pd_start_steps` student steps halving to `student_steps`,
+    w_t · squared error of the `weighting`-space error; the teacher_steps, xvar_frac and huber_c
+    fields do not apply to it."""
 
     method: str = "cd"
     student_steps: int = 8
@@ -232,10 +242,12 @@ class ConsistencyLossConfig:
     guidance_weight: float = 0.0
     null_label: int = 0
     multiscale_pools: int = 0
+    pd_start_steps: int = 1024
+    pd_round_steps: int = 50_000
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in STUDENT_METHODS:
+            raise ValueError(f"method must be one of {STUDENT_METHODS}, got {self.method!r}")
         if not (isinstance(self.student_steps, int) and self.student_steps >= 1):
             raise ValueError(f"student_steps must be an integer >= 1, got {self.student_steps!r}")
         if self.weighting not in WEIGHTINGS:
@@ -246,9 +258,17 @@ class ConsistencyLossConfig:
             raise ValueError(f"huber_c must be > 0, got {self.huber_c}")
         if self.guidance_weight < 0:
             raise ValueError(f"guidance_weight must be >= 0, got {self.guidance_weight}")
-        if self.guidance_weight > 0 and self.method != "cd":
-            raise ValueError("guidance_weight > 0 needs method='cd' (guidance comes from a teacher)")
+        if self.guidance_weight > 0 and self.method == "ct":
+            raise ValueError(
+                "guidance_weight > 0 needs method 'cd' or 'pd' (guidance comes from a teacher)"
+            )
         check_multiscale_pools(self.multiscale_pools)
+        if self.method == "pd":
+            pd_rounds(self.pd_start_steps, self.student_steps)
+            if not (isinstance(self.pd_round_steps, int) and self.pd_round_steps >= 1):
+                raise ValueError(
+                    f"pd_round_steps must be an integer >= 1, got {self.pd_round_steps!r}"
+                )
         teacher_steps_at(0, self.teacher_steps_start, self.teacher_steps_end, self.anneal_iterations)
 
 
@@ -324,11 +344,13 @@ def teacher_denoise(
     t: Array,
     cond: conditioning.Condition,
     config: ConsistencyLossConfig,
+    guidance_scale: Array | float = 1.0,
 ) -> tuple[Array, Array]:
     """(x_teacher, x_cond): the (guided) teacher prediction and its conditional part.
 
-    With guidance weight w, x_teacher = x_cond + w (x_cond − x_uncond), x_uncond under the null
-    condition (null label, empty prompt); both halves run as one batch of twice the size.
+    With guidance weight w = `guidance_scale` · config.guidance_weight, x_teacher = x_cond +
+    w (x_cond − x_uncond), x_uncond under the null condition (null label, empty prompt); both
+    halves run as one batch of twice the size. (PD guides only its first round: scale 0 after.)
     """
     if config.guidance_weight == 0.0:
         x_cond = teacher.model_fn(teacher.params, z_t, t, cond, False, None)
@@ -342,7 +364,8 @@ def teacher_denoise(
         None,
     )
     x_cond, x_uncond = jnp.split(both, 2)
-    return x_cond + config.guidance_weight * (x_cond - x_uncond), x_cond
+    weight = guidance_scale * config.guidance_weight
+    return x_cond + weight * (x_cond - x_uncond), x_cond
 
 
 def consistency_loss_at(
@@ -424,3 +447,119 @@ def consistency_loss(
     loss = jnp.mean(per_example)
     n_seg = segment_steps(config.student_steps, n_teacher)
     return loss, {"loss": loss, "n_teacher": n_teacher, "n_segment": n_seg.astype(jnp.float32)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Progressive distillation (Salimans & Ho 2022, arXiv 2202.00512; docs/method.md §10).
+
+
+def pd_rounds(start_steps: int, student_steps: int) -> int:
+    """How many rounds halve the student's sampling steps from `start_steps` (N, the first
+    round's student; its teacher takes 2N DDIM steps) down to `student_steps` (S): log2(N/S) + 1.
+    N must be S times a power of 2."""
+    if not (isinstance(start_steps, int) and isinstance(student_steps, int)
+            and student_steps >= 1 and start_steps >= student_steps
+            and start_steps % student_steps == 0
+            and (start_steps // student_steps) & (start_steps // student_steps - 1) == 0):
+        raise ValueError(
+            f"pd_start_steps must be student_steps ({student_steps!r}) times a power of 2, so "
+            f"that halving reaches it (e.g. {student_steps!r}, 2·{student_steps!r}, "
+            f"4·{student_steps!r}, ...), got {start_steps!r}"
+        )
+    return (start_steps // student_steps).bit_length()
+
+
+def pd_round(step: Array | int, round_steps: int, rounds: int) -> Array:
+    """The round (0-based) that train step `step` belongs to: rounds of `round_steps` steps; the
+    last round goes on for any steps beyond rounds × round_steps. int32."""
+    return jnp.minimum(jnp.asarray(step, jnp.int32) // round_steps, rounds - 1)
+
+
+def pd_round_student_steps(round_index: Array | int, start_steps: int) -> Array:
+    """The student's sampling steps in a round: N / 2^round. int32."""
+    return jnp.right_shift(jnp.int32(start_steps), jnp.asarray(round_index, jnp.int32))
+
+
+def pd_starts_round(step: Array | int, round_steps: int, rounds: int) -> Array:
+    """Whether `step` is the first step of a round after the first: where the student of the
+    round that ended becomes the teacher and the new student's starting point."""
+    step = jnp.asarray(step, jnp.int32)
+    return (step > 0) & (step % round_steps == 0) & (step // round_steps < rounds)
+
+
+def pd_sample_times(
+    rng: Array, batch_size: int, student_steps: Array | int
+) -> tuple[Array, Array, Array]:
+    """(t, t', t'') per example on the N-step student grid (Algorithm 2): t = i/N with
+    i ~ U{1..N}, t' = t − 0.5/N, t'' = t − 1/N. float32, each of shape (batch,)."""
+    n = jnp.asarray(student_steps, jnp.int32)
+    i = jax.random.randint(rng, (batch_size,), 1, n + 1).astype(jnp.float32)
+    n = n.astype(jnp.float32)
+    return i / n, (i - 0.5) / n, (i - 1.0) / n
+
+
+def pd_target(
+    teacher_fn: Callable[[Array, Array], Array],
+    z_t: Array,
+    t: Array,
+    t_mid: Array,
+    s: Array,
+    schedule: Schedule,
+) -> Array:
+    """The progressive distillation target (Algorithm 2): two teacher DDIM steps
+    z_t → z_{t'} → z_{t''} with x̂ = teacher_fn(z, t), then the x̃ whose single DDIM step from z_t
+    lands on z_{t''}: x̃ = (z_{t''} − (σ_{t''}/σ_t) z_t) / (α_{t''} − (σ_{t''}/σ_t) α_t), the
+    inverse DDIM step. `schedule` only needs `alpha_sigma(t) -> (α_t, σ_t)`."""
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_mid, sigma_mid = schedule.alpha_sigma(t_mid)
+    alpha_s, sigma_s = schedule.alpha_sigma(s)
+    z_mid = diffusion.ddim_step(teacher_fn(z_t, t), z_t, alpha_t, sigma_t, alpha_mid, sigma_mid)
+    z_s = diffusion.ddim_step(
+        teacher_fn(z_mid, t_mid), z_mid, alpha_mid, sigma_mid, alpha_s, sigma_s
+    )
+    return diffusion.inverse_ddim(z_s, z_t, alpha_t, sigma_t, alpha_s, sigma_s)
+
+
+def pd_loss(
+    params: Params,
+    batch: dict[str, Array],
+    rng: Array,
+    iteration: Array | int,
+    *,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    config: ConsistencyLossConfig,
+    teacher: Teacher,
+) -> tuple[Array, dict[str, Array]]:
+    """The progressive distillation loss on a batch at a train iteration: (loss, metrics).
+
+    The round is a function of the iteration (`pd_round`), so is the student's step count N; the
+    teacher (the frozen student of the previous round, or the diffusion model in round 0, guided
+    by config.guidance_weight in round 0 only) runs without dropout. Per example:
+    w_t · mean((x̂ − x̃)²) in `config.weighting` space, over `multiscale_pools` + 1 resolutions.
+    """
+    x = batch["image"].astype(jnp.float32)
+    cond = conditioning.from_batch(batch)
+    rng_times, rng_eps, rng_dropout = jax.random.split(rng, 3)
+    rounds = pd_rounds(config.pd_start_steps, config.student_steps)
+    round_index = pd_round(iteration, config.pd_round_steps, rounds)
+    n = pd_round_student_steps(round_index, config.pd_start_steps)
+    t, t_mid, s = pd_sample_times(rng_times, x.shape[0], n)
+    eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
+    z_t = noisy(x, eps, t, schedule)
+    guidance_scale = (round_index == 0).astype(jnp.float32)
+    teacher_fn = lambda z, time: teacher_denoise(
+        teacher, z, time, cond, config, guidance_scale
+    )[0]
+    x_target = jax.lax.stop_gradient(pd_target(teacher_fn, z_t, t, t_mid, s, schedule))
+    x_hat = model_fn(params, z_t, t, cond, True, rng_dropout)
+    _, sigma_t = schedule.alpha_sigma(t)
+    per_example = weighted_loss(
+        x_hat, x_target, sigma_t, weighting=config.weighting, kind="mse",
+        huber_c=config.huber_c, pools=config.multiscale_pools,
+    )
+    loss = jnp.mean(per_example)
+    return loss, {
+        "loss": loss, "pd_round": round_index.astype(jnp.float32),
+        "pd_student_steps": n.astype(jnp.float32),
+    }

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from mcm_jax import config_lib, data_config
+from mcm_jax import config_lib, data_config, losses
 
 SIZES = ("small", "large")
+# The paper's student training length (section 5.1: 200k iterations at batch 2048).
+STUDENT_ITERATIONS = 200_000
 METHODS = ("cd", "ct")
 # Classifier-free guidance of the small ImageNet128 teacher's eval and of its CD student: ours,
 # the paper gives none (why it is small: configs/imagenet128_diffusion.py).
@@ -36,6 +38,15 @@ NO_ARGS: dict[str, tuple] = {}
 IMAGENET_DIFFUSION_ARGS = {"size": SIZES}
 IMAGENET_MCM_ARGS = {**STUDENT_ARGS, "size": SIZES}
 T2I_MCM_ARGS = {"steps": (8, 4, 16), "guidance": (T2I_GUIDANCE_WEIGHTS[1], T2I_GUIDANCE_WEIGHTS[0])}
+# Progressive distillation (the baseline): S is the last round's student steps.
+PD_ARGS = {"steps": (8, 1)}
+DIGITS_PD_ARGS = {**PD_ARGS, **DIGITS_DIFFUSION_ARGS}
+IMAGENET_PD_ARGS = {**PD_ARGS, "size": SIZES}
+# Progressive distillation's first student steps (its teacher takes twice as many DDIM steps).
+# Ours: the ImageNet teacher's 512 steps of the paper's Table 1 baseline (PD's are DDIM steps);
+# digits: 64, the digits CD students' first teacher steps (configs/digits_mcm.py).
+IMAGENET_PD_START_STEPS = 256
+DIGITS_PD_START_STEPS = 32
 
 # runlocal: the most positions a transformer level of the tiny network attends over (32x32).
 RUNLOCAL_TOKENS = 32 * 32
@@ -125,7 +136,7 @@ def make_student(config: ml_collections.ConfigDict, steps: int, method: str):
     config.mcm.method = method
     config.mcm.student_steps = steps
     config.teacher.workdir = ""
-    config.training.num_steps = 200_000
+    config.training.num_steps = STUDENT_ITERATIONS
     return config
 
 
@@ -288,3 +299,60 @@ def t2i_mcm(arg: str = "") -> ml_collections.ConfigDict:
     config.training.num_steps = 30_000
     config.eval.update(sweep_steps=(), sweep_methods=(), guidance_weight=0.0)
     return runlocal(config) if args["runlocal"] else config
+
+
+def make_pd(
+    config: ml_collections.ConfigDict, steps: int, start_steps: int, budget: int
+) -> ml_collections.ConfigDict:
+    """Turns a teacher config into progressive distillation down to `steps` (S) from
+    `start_steps` (N) student steps: rounds of equal length that together take at most `budget`
+    iterations (the family's MCM budget: a like-for-like comparison), squared x-space error with
+    the truncated SNR weighting max(SNR, 1) (Salimans & Ho 2022; docs/method.md §10)."""
+    try:
+        rounds = losses.pd_rounds(start_steps, steps)
+    except ValueError as e:
+        raise ValueError(f"config argument steps={steps}: {e}") from None
+    config = make_student(config, steps, "pd")
+    config.mcm.update(
+        pd_start_steps=start_steps, pd_round_steps=budget // rounds, weighting="truncated_snr"
+    )
+    config.training.num_steps = rounds * (budget // rounds)
+    return config
+
+
+def pd_runlocal(config: ml_collections.ConfigDict, *, tiny: bool) -> ml_collections.ConfigDict:
+    """`runlocal` for progressive distillation: two rounds (from 2S to S student steps), the
+    first of one step, so a smoke test crosses a round and resumes in the last."""
+    config = runlocal(config, tiny=tiny)
+    config.mcm.update(pd_start_steps=2 * config.mcm.student_steps, pd_round_steps=1)
+    return config
+
+
+def digits_pd(arg: str = "") -> ml_collections.ConfigDict:
+    """configs/digits_pd.py; arg: `steps=S,model=digits|tiny`, `runlocal`."""
+    args = parse_args(arg, DIGITS_PD_ARGS)
+    model = args["model"] if given(arg, "model") or not args["runlocal"] else "tiny"
+    digits = digits_mcm(f"model={model}")
+    config = make_pd(
+        digits_diffusion(f"model={model}"), args["steps"], DIGITS_PD_START_STEPS,
+        budget=digits.training.num_steps,
+    )
+    config.optimizer.update(
+        learning_rate=digits.optimizer.learning_rate, warmup_steps=digits.optimizer.warmup_steps
+    )
+    return pd_runlocal(config, tiny=False) if args["runlocal"] else config
+
+
+def imagenet_pd(resolution: int, arg: str = "") -> ml_collections.ConfigDict:
+    """configs/imagenet{64,128}_pd.py; arg: `steps=S,size=small|large`, `runlocal`. The MCM
+    students' budget (200k iterations at batch 2048) split into equal rounds from 256 student
+    steps; at 128 px the multiscale loss, and the small network's first round distils the guided
+    teacher (as its CD student does)."""
+    args = parse_args(arg, IMAGENET_PD_ARGS)
+    teacher = imagenet_teacher(resolution, f"size={args['size']}")
+    config = make_pd(teacher, args["steps"], IMAGENET_PD_START_STEPS, STUDENT_ITERATIONS)
+    if resolution == 128:
+        if config.model.name == "imagenet128_small":
+            config.mcm.guidance_weight = IMAGENET128_GUIDANCE_WEIGHT
+        config.mcm.multiscale_pools = 1
+    return pd_runlocal(config, tiny=True) if args["runlocal"] else config

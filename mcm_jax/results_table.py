@@ -16,11 +16,12 @@ from etils import epath
 METRICS = ("fd_digits", "fid", "class_accuracy")
 
 
-def collect(root: str) -> list[dict]:
-    """Rows of the latest evaluated step of every run under `root`, with a `run` field."""
+def collect(root: str, tag: str = "*") -> list[dict]:
+    """Rows of the latest evaluated step of every run under `root`, with a `run` field; `tag`:
+    the eval sub-directory (eval.name) to read, a glob pattern."""
     rows = []
     for run in sorted(p for p in epath.Path(root).iterdir() if (p / "eval").is_dir()):
-        sweeps = sorted(run.glob("eval/*/step_*/sweep.json"), key=lambda p: p.parent.name)
+        sweeps = sorted(run.glob(f"eval/{tag}/step_*/sweep.json"), key=lambda p: p.parent.name)
         if sweeps:
             rows += [dict(row, run=run.name) for row in json.loads(sweeps[-1].read_text())]
     return rows

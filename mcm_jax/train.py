@@ -29,7 +29,8 @@ from mcm_jax.models import stacking
 from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import Params, RunSetup, abstract_params, init_params
 from mcm_jax.train_step import (
-    TrainState, create_train_state, make_optimizer, make_train_step, train_flops_per_example,
+    TrainState, create_train_state, is_progressive_distillation, make_optimizer, make_train_step,
+    train_flops_per_example,
 )
 
 
@@ -41,10 +42,13 @@ class Trainer:
         config = setup.config
         self.setup = setup
         self.optimizer = make_optimizer(config)
+        # Progressive distillation keeps its round's teacher in the state, not as a step argument.
+        self.teacher_in_state = is_progressive_distillation(config)
 
         rng = jax.random.PRNGKey(config.seed)
         init = lambda rng: create_train_state(
-            init_params(setup.model, config, rng), self.optimizer, len(config.ema_decays)
+            init_params(setup.model, config, rng), self.optimizer, len(config.ema_decays),
+            with_teacher=self.teacher_in_state,
         )
         abstract_state = jax.eval_shape(init, rng)
         self.state_shardings = sharding.tree_shardings(
@@ -58,7 +62,8 @@ class Trainer:
             teacher_model = run_setup.build_model(teacher_config or config)
             teacher_model_fn = losses.make_model_fn(teacher_model.apply, setup.schedule)
             self.abstract_teacher_params = abstract_params(teacher_model, config, setup.mesh)
-            teacher_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_teacher_params)
+            if not self.teacher_in_state:
+                teacher_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_teacher_params)
         batch_shardings = {
             key: sharding.batch_sharding(setup.mesh)
             for key in run_setup.batch_spec(config, config.training.batch_size)
@@ -80,7 +85,8 @@ class Trainer:
         num_ema = len(self.setup.config.ema_decays)
         layout = stacking.tree_layout(self.abstract_state.params)
         make = lambda p: create_train_state(
-            stacking.to_layout(p, layout) if layout else p, self.optimizer, num_ema
+            stacking.to_layout(p, layout) if layout else p, self.optimizer, num_ema,
+            with_teacher=self.teacher_in_state,
         )
         return jax.jit(make, out_shardings=self.state_shardings)(params)
 
@@ -154,6 +160,8 @@ def _train_in_workdir(
     watcher = preemption.PreemptionWatcher(ckpt.manager, ckpt.latest_step() or 0)
     with watcher:
         state, data_state = _initial_state(trainer, ckpt, teacher_params)
+        if trainer.teacher_in_state:
+            teacher_params = None  # the state holds the round's teacher: drop the loaded copy
         start_step = int(state.step)
         if multihost.is_chief():
             logging.info("resuming from step %d" if start_step else "starting at step %d", start_step)

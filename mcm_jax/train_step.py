@@ -23,24 +23,34 @@ Params = Any
 @flax.struct.dataclass
 class TrainState:
     """Everything a step changes. `nonfinite_step` is the first step whose loss or gradient was not
-    finite (-1 if none); such a step leaves parameters and optimizer state untouched."""
+    finite (-1 if none); such a step leaves parameters and optimizer state untouched. `teacher`:
+    progressive distillation's teacher of the current round (a frozen copy of parameters,
+    checkpointed with the rest), None for every other objective."""
 
     step: jax.Array
     params: Params
     opt_state: Any
     ema_params: tuple[Params, ...]
     nonfinite_step: jax.Array
+    teacher: Params = None
+
+
+def is_progressive_distillation(config: ml_collections.ConfigDict) -> bool:
+    return config.objective == "mcm" and config.mcm.method == "pd"
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up to the learning rate, then constant (optax.linear_schedule holds its end
-    value) or cosine decay to 0 at num_steps."""
+    value) or cosine decay to 0 at num_steps. Progressive distillation starts each round with a
+    fresh optimizer, so the schedule runs per round (the cosine over mcm.pd_round_steps)."""
     o = config.optimizer
     warmup = max(o.warmup_steps, 1)
     if o.decay == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, o.learning_rate, warmup, config.training.num_steps
+        horizon = (
+            config.mcm.pd_round_steps if is_progressive_distillation(config)
+            else config.training.num_steps
         )
+        return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, horizon)
     return optax.linear_schedule(0.0, o.learning_rate, warmup)
 
 
@@ -56,14 +66,29 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def create_train_state(
-    params: Params, optimizer: optax.GradientTransformation, num_ema: int
+    params: Params, optimizer: optax.GradientTransformation, num_ema: int,
+    with_teacher: bool = False,
 ) -> TrainState:
+    """Step 0 from `params`; `with_teacher` (progressive distillation) keeps a copy of them as
+    the first round's teacher (a student starts from its diffusion teacher's weights)."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         ema_params=tuple(params for _ in range(num_ema)),
         nonfinite_step=jnp.full((), -1, jnp.int32),
+        teacher=params if with_teacher else None,
+    )
+
+
+def start_next_pd_round(state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """Progressive distillation between rounds (Algorithm 2: the student becomes the teacher and
+    the next student starts from it): the first EMA of the round that ended becomes the frozen
+    teacher and the new student's parameters, EMAs restart from them, the optimizer restarts."""
+    start = state.ema_params[0]
+    return state.replace(
+        params=start, teacher=start, opt_state=optimizer.init(start),
+        ema_params=tuple(start for _ in state.ema_params),
     )
 
 
@@ -78,11 +103,25 @@ def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.Diffusion
 
 def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
     """The student's loss: `config.mcm`'s fields as they are, plus the data's null label; errors
-    name the field."""
+    name the field. Progressive distillation must reach its last round within training.num_steps."""
     try:
-        return losses.ConsistencyLossConfig(**config.mcm, null_label=config_lib.null_label(config))
+        loss_config = losses.ConsistencyLossConfig(
+            **config.mcm, null_label=config_lib.null_label(config)
+        )
     except ValueError as e:
         raise ValueError(f"config.mcm: {e}") from None
+    if loss_config.method == "pd":
+        rounds = losses.pd_rounds(loss_config.pd_start_steps, loss_config.student_steps)
+        last_start = (rounds - 1) * loss_config.pd_round_steps
+        if config.training.num_steps <= last_start:
+            raise ValueError(
+                f"config.training.num_steps: {config.training.num_steps} ends before the last of "
+                f"the {rounds} progressive distillation rounds ({loss_config.pd_start_steps} → "
+                f"{loss_config.student_steps} steps) starts at step {last_start} "
+                f"(mcm.pd_round_steps={loss_config.pd_round_steps}); give at least "
+                f"{rounds * loss_config.pd_round_steps}"
+            )
+    return loss_config
 
 
 def make_loss_fn(
@@ -102,6 +141,15 @@ def make_loss_fn(
         return loss_fn
 
     loss_config = consistency_loss_config(config)
+    if loss_config.method == "pd":
+        # The teacher is the state's (`TrainState.teacher`): the student's own network.
+        def loss_fn(params, batch, rng, step, teacher_params):
+            return losses.pd_loss(
+                params, batch, rng, step, model_fn=model_fn, schedule=schedule, config=loss_config,
+                teacher=losses.Teacher(model_fn=model_fn, params=teacher_params),
+            )
+
+        return loss_fn
 
     def loss_fn(params, batch, rng, step, teacher_params):
         teacher = None
@@ -126,8 +174,23 @@ def make_train_step(
     lr_schedule = learning_rate_schedule(config)
     decays = tuple(float(d) for d in config.ema_decays)
     seed = int(config.seed)
+    pd = is_progressive_distillation(config)
+    if pd:
+        pd_config = consistency_loss_config(config)
+        rounds = losses.pd_rounds(pd_config.pd_start_steps, pd_config.student_steps)
+        round_steps = pd_config.pd_round_steps
 
     def train_step(state: TrainState, batch: dict, teacher_params: Params | None):
+        """`teacher_params`: the diffusion teacher's for CD; progressive distillation takes its
+        teacher from the state (None here), and starts the next round on its first step."""
+        lr_step = state.step
+        if pd:
+            state = jax.lax.cond(
+                losses.pd_starts_round(state.step, round_steps, rounds),
+                lambda s: start_next_pd_round(s, optimizer), lambda s: s, state,
+            )
+            teacher_params = state.teacher
+            lr_step = state.step - losses.pd_round(state.step, round_steps, rounds) * round_steps
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, rng, state.step, teacher_params
@@ -151,8 +214,9 @@ def make_train_step(
             nonfinite_step=jnp.where(
                 (state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step
             ),
+            teacher=state.teacher,
         )
-        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=lr_schedule(state.step))
+        metrics = dict(metrics, grad_norm=grad_norm, learning_rate=lr_schedule(lr_step))
         return new_state, metrics
 
     return train_step
@@ -167,8 +231,11 @@ def train_flops_per_example(config: ml_collections.ConfigDict) -> float:
         text=data_config.text_shape(config.data),
     )
     multiplier = 3.0
-    if config.objective == "mcm":
+    guided = 2.0 if config.mcm.guidance_weight > 0 else 1.0
+    if is_progressive_distillation(config):
+        multiplier += 2.0 * guided  # two teacher DDIM steps (guided in the first round only)
+    elif config.objective == "mcm":
         multiplier += 1.0
         if config.mcm.method == "cd":
-            multiplier += 2.0 if config.mcm.guidance_weight > 0 else 1.0
+            multiplier += guided
     return multiplier * forward

@@ -39,6 +39,11 @@ def test_train_flops_count_every_forward_pass():
     assert train_step.train_flops_per_example(config) == pytest.approx(6 * forward)
     config.mcm.method, config.mcm.guidance_weight = "ct", 0.0
     assert train_step.train_flops_per_example(config) == pytest.approx(4 * forward)
+    config.mcm.method = "pd"  # 3 + the teacher's two DDIM steps, each twice when guided
+    assert train_step.train_flops_per_example(config) == pytest.approx(5 * forward)
+    config.mcm.guidance_weight = 1.0
+    assert train_step.train_flops_per_example(config) == pytest.approx(7 * forward)
+    config.mcm.guidance_weight = 0.0
     config.objective = "diffusion"
     assert train_step.train_flops_per_example(config) == pytest.approx(3 * forward)
 

@@ -325,7 +325,7 @@ def test_config_files_are_files_that_import_only_mcm_jax():
     file imports another (shared builders live in mcm_jax.presets)."""
     assert not os.path.exists(os.path.join(CONFIGS, "__init__.py"))
     names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
-    assert len(names) == 10
+    assert len(names) == 13
     for name in names:
         with open(os.path.join(CONFIGS, name)) as f:
             tree = ast.parse(f.read())

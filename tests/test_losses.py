@@ -253,7 +253,7 @@ def test_bad_loss_configs_name_the_field():
         losses.ConsistencyLossConfig(weighting="snr")
     with pytest.raises(ValueError, match="huber_c must be > 0"):
         losses.ConsistencyLossConfig(huber_c=0.0)
-    with pytest.raises(ValueError, match="guidance_weight > 0 needs method='cd'"):
+    with pytest.raises(ValueError, match="guidance_weight > 0 needs method 'cd' or 'pd'"):
         losses.ConsistencyLossConfig(method="ct", guidance_weight=1.0)
     with pytest.raises(ValueError, match="teacher steps start and end must be >= 1"):
         losses.ConsistencyLossConfig(teacher_steps_start=0)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def argument_runs(name: str) -> list[str]:
 def teacher_of(name: str, arg: str) -> tuple[str, str]:
     """(teacher file, its argument) for a student file's run: the family's diffusion file, with
     the student's values of the keys it takes (its defaults for the others)."""
-    teacher = name.replace("_mcm", "_diffusion")
+    teacher = re.sub(r"_(mcm|pd)$", "_diffusion", name)
     assert teacher != name and teacher in NAMES, f"configs/{name}.py: no configs/{teacher}.py"
     given = dict(item.split("=") for item in arg.split(",") if item)
     spec = arguments(teacher)
