@@ -145,6 +145,19 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     )
 
 
+def _write_replicated_arrays_from_one_replica_per_process() -> None:
+    """Has orbax split the writing of a replicated array over its replicas only when they are
+    in several processes (its default on CPU and TPU). Within one process the split gains
+    nothing, and it slices every replica of every array on its device first: with 8 devices,
+    about 2,300 device slices for a small network, each shape compiled once (10 of the 16 s a
+    save took on the CPU)."""
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
+        override=True,
+    )
+
+
 class Checkpointer:
     """An orbax CheckpointManager over `<workdir>/checkpoints` that keeps the last N and every K-th."""
 
@@ -168,6 +181,7 @@ class Checkpointer:
         )
         self.directory = epath.Path(workdir) / CHECKPOINT_DIR
         _drop_reports_of_abandoned_work()
+        _write_replicated_arrays_from_one_replica_per_process()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:

@@ -110,6 +110,7 @@ def _tree_equal(a, b):
     )))
 
 
+@pytest.mark.slow
 def test_pd_resumes_mid_round_bit_identically(tmp_path, digits_data_dir):
     """6 steps straight equal 3 steps, a SIGTERM (the preemption path: save and stop), and a
     restart to 6: rounds of 2 steps from 4 student steps to 1, so the stop is in the middle of
