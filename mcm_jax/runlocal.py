@@ -8,7 +8,8 @@ on a laptop needs that the config alone cannot say, prepared at the start of the
 - Caption data (text-to-image) that is not in data.data_dir: a tiny random T5 is built in the
   process and embeds synthetic captions of synthetic images, written as an embedded caption set
   (the real format, read by the real pipeline) under <workdir>/runlocal/; a tiny random CLIP is
-  written beside it for the eval's CLIP score. The eval job of the workdir reads the same files.
+  written beside it for the eval's CLIP score. The eval job of the workdir reads the same files,
+  and a student (objective mcm) reads its runlocal teacher's, so it distils on its teacher's data.
 
 A run without runlocal never gets here: `prepare` returns at once, and config_lib.validate
 refuses data.synthetic without runlocal.
@@ -72,6 +73,9 @@ def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str
         data.text_width = int(embedded_captions.read_metadata(data.data_dir)["width"])
         return
     root = epath.Path(workdir) / RUNLOCAL_DIR
+    teacher_root = epath.Path(config.teacher.workdir or workdir) / RUNLOCAL_DIR
+    if config.objective == "mcm" and (teacher_root / COMPLETE).exists():
+        root = teacher_root  # a student trains on its runlocal teacher's data, as in a real run
     if mode == "train" and not (root / COMPLETE).exists():
         if "://" in workdir:
             raise ValueError(
