@@ -159,6 +159,7 @@ def _tiny(fused: bool, scan_blocks: bool):
     return config
 
 
+@pytest.mark.slow  # 40-50 s each: whole-network outputs and gradients, twice
 @pytest.mark.parametrize("scan_blocks", [False, True], ids=["unrolled", "scanned"])
 def test_uvit_is_the_same_function_with_the_fused_layers(scan_blocks):
     """Same parameters (either setting's initial values), outputs and gradients with
