@@ -73,9 +73,10 @@ def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str
         data.text_width = int(embedded_captions.read_metadata(data.data_dir)["width"])
         return
     root = epath.Path(workdir) / RUNLOCAL_DIR
-    teacher_root = epath.Path(config.teacher.workdir or workdir) / RUNLOCAL_DIR
-    if config.objective == "mcm" and (teacher_root / COMPLETE).exists():
-        root = teacher_root  # a student trains on its runlocal teacher's data, as in a real run
+    if config.objective == "mcm" and config.teacher.workdir:
+        teacher_root = epath.Path(config.teacher.workdir) / RUNLOCAL_DIR
+        if (teacher_root / COMPLETE).exists():
+            root = teacher_root  # a student trains on its runlocal teacher's data, as in a real run
     if mode == "train" and not (root / COMPLETE).exists():
         if "://" in workdir:
             raise ValueError(
