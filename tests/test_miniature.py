@@ -120,7 +120,7 @@ def test_tiny_miniature_end_to_end_then_reuses_finished_runs(tmp_path):
     path = miniature.run(str(tmp_path / "work"), str(out), TINIER, "cmd", stream=lines)
     text = path.read_text()
     verdicts = (miniature.AGREES, miniature.DISAGREES, miniature.INCONCLUSIVE)
-    assert "## Table 1" in text and sum(text.count(v) for v in verdicts) >= 5
+    assert "## Tables 1 and 3" in text and sum(text.count(v) for v in verdicts) >= 5
     assert (out / "miniature_samples.png").exists() and (out / "miniature_fd_steps.png").exists()
     stages = lines.getvalue().splitlines()
     assert len(stages) == 2 * 10 + 2 and stages[-1].startswith("[22/22] report")
