@@ -155,13 +155,13 @@ def _devices(config) -> int:
 
 
 def check_configs(runs: list[dict]) -> None:
-    """Parses each run's flags as `python -m mcm_jax.main` does (`mcm_jax.main_flags`) and checks
+    """Parses each run's flags as `python -m mcm_jax.main` does (`mcm_jax.cli.parse_main_flags`) and checks
     the config it builds as the run will at its start (`run_setup.validate`, and for an eval run
     `evaluate.validate`), on the fewest devices its mesh fits; so a bad config argument, an
     override of no field or a bad value fails here, with main's message naming the field. What
     only the launched machine has (data, the teacher's checkpoint) is not checked. A config file
     that is not an MCM one is a ValueError saying so."""
-    from mcm_jax import main_flags, run_setup
+    from mcm_jax import cli, run_setup
     from mcm_jax.eval import evaluate
 
     for config in sorted({run["config"].partition(":")[0] for run in runs}):
@@ -171,8 +171,8 @@ def check_configs(runs: list[dict]) -> None:
     for run in runs:
         argv = ["mcm_jax.main", *run["flags"]]
         flag_values = flags.FlagValues()
-        main_flags.define_flags(flag_values, sys_argv=argv)
-        main_flags.parse(argv, flag_values)
+        cli.define_main_flags(flag_values, sys_argv=argv)
+        cli.parse_main_flags(argv, flag_values)
         config = flag_values.config
         run_setup.validate(config, num_devices=_devices(config))
         if run["mode"] == "eval":

@@ -6,7 +6,7 @@
 
 The run is rebuilt from its own config.json (run_setup.saved_config) and its EMA parameters
 restored from the checkpoint (checkpointing.Checkpointer, checksums verified), sharded over this
-process's devices. Sampling is the eval job's sampler (eval.sampling.make_batch_sampler): sample i
+process's devices. Sampling is the eval job's sampler (`mcm_jax.batch_sampler`): sample i
 has the noise normal(fold_in(PRNGKey(seed), i)), so two runs of the same image shape sampled with
 the same seed start from the same noise. docs/api.md has a worked example.
 """
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from mcm_jax import checkpointing, config_lib, data_config, images, paths, run_setup, samplers
-from mcm_jax.eval.sampling import SamplerSetting
+from mcm_jax.batch_sampler import SamplerSetting
 
 Prompts = Sequence[str] | dict[str, np.ndarray]
 

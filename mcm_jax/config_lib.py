@@ -4,8 +4,8 @@ Config files in configs/ (loaded by path: `load_config_file`) build on `base_con
 mcm_jax.presets; every field can be overridden on the command line (`--config.mcm.student_steps=8`)
 except `model.name` (the config file's argument picks the network). `validate` turns a bad value
 into a ValueError that names the field and says what is allowed; the loss blocks are checked by
-the loss layer as their configs are built (mcm_jax.train_step), and `run_setup.validate` runs
-both, once per job.
+the loss layer as `diffusion_loss_config` and `consistency_loss_config` build their configs, and
+`run_setup.validate` runs all three, once per job.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import ml_collections
 from flax import traverse_util
 
+from mcm_jax import losses
 from mcm_jax.data_config import default_data_config, num_classes, text_shape
 from mcm_jax.eval.config import default_eval_config
 from mcm_jax.schedules import get_schedule
@@ -355,3 +356,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         t.batch_size % num_devices == 0,
         f"config.training.batch_size: {t.batch_size} is not divisible by the {num_devices} devices",
     )
+
+
+def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
+    """The teacher's loss: `config.diffusion`'s fields as they are, plus the data's null label;
+    errors name the field."""
+    try:
+        return losses.DiffusionLossConfig(**config.diffusion, null_label=null_label(config))
+    except ValueError as e:
+        raise ValueError(f"config.diffusion: {e}") from None
+
+
+def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
+    """The student's loss: `config.mcm`'s fields as they are, plus the data's null label; errors
+    name the field. Progressive distillation must reach its last round within training.num_steps."""
+    try:
+        loss_config = losses.ConsistencyLossConfig(
+            **config.mcm, null_label=null_label(config)
+        )
+    except ValueError as e:
+        raise ValueError(f"config.mcm: {e}") from None
+    if loss_config.method == "pd":
+        rounds = losses.pd_rounds(loss_config.pd_start_steps, loss_config.student_steps)
+        last_start = (rounds - 1) * loss_config.pd_round_steps
+        if config.training.num_steps <= last_start:
+            raise ValueError(
+                f"config.training.num_steps: {config.training.num_steps} ends before the last of "
+                f"the {rounds} progressive distillation rounds ({loss_config.pd_start_steps} → "
+                f"{loss_config.student_steps} steps) starts at step {last_start} "
+                f"(mcm.pd_round_steps={loss_config.pd_round_steps}); give at least "
+                f"{rounds * loss_config.pd_round_steps}"
+            )
+    return loss_config

@@ -8,8 +8,6 @@ import dataclasses
 
 import ml_collections
 
-from mcm_jax.datasets import digits_split
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -32,9 +30,8 @@ RESOLUTION_MULTIPLE = 8
 
 
 DATASETS = {
-    "digits": DatasetSpec(
-        digits_split.RESOLUTIONS, 1, digits_split.NUM_CLASSES, "test", False, False
-    ),
+    # The bundled digits: 8 px natively, built at each resolution (mcm_jax.datasets.digits).
+    "digits": DatasetSpec((8, 16, 32), 1, 10, "test", False, False),
     "cifar10": DatasetSpec((32,), 3, 10, "test", True, False, downloaded=True),
     "imagenet2012": DatasetSpec((64, 128), 3, 1000, "validation", True, True),
     "imagenet_resized/64x64": DatasetSpec(

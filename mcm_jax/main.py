@@ -19,10 +19,10 @@ from __future__ import annotations
 import ml_collections
 from absl import flags, logging
 
-from mcm_jax import cli, files, main_flags, paths
+from mcm_jax import cli, files, paths
 
 FLAGS = flags.FLAGS
-main_flags.define_flags(FLAGS)
+cli.define_main_flags(FLAGS)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:

@@ -20,9 +20,8 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from mcm_jax import (
-    checkpointing, conditioning, config_lib, data_config, losses, samplers, sharding, train_step,
+    batch_sampler, checkpointing, conditioning, config_lib, data_config, losses, samplers, sharding,
 )
-from mcm_jax.eval import sampling
 from mcm_jax.models import build
 from mcm_jax.models import configs as model_configs
 from mcm_jax.schedules import Schedule
@@ -41,9 +40,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     blocks as the loss layer builds them (`config.diffusion`; `config.mcm` for a student).
     `RunSetup.create` runs it, once per job."""
     config_lib.validate(config, num_devices=num_devices)
-    train_step.diffusion_loss_config(config)
+    config_lib.diffusion_loss_config(config)
     if config.objective == "mcm":
-        train_step.consistency_loss_config(config)
+        config_lib.consistency_loss_config(config)
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> str | None:
@@ -102,13 +101,13 @@ def abstract_params(model: nn.Module, config: ml_collections.ConfigDict, mesh: M
     return checkpointing.abstract_like(shapes, shardings)
 
 
-def own_sampler(config: ml_collections.ConfigDict) -> sampling.SamplerSetting:
+def own_sampler(config: ml_collections.ConfigDict) -> batch_sampler.SamplerSetting:
     """The run's own sampler: a student's S-step DDIM (the paper's Algorithm 2), a teacher's
     training.sample_method at training.sample_steps. Training's sample grids use it, and the eval
     job where config.eval.sweep_steps / sweep_methods are empty."""
     if config.objective == "mcm":
-        return sampling.SamplerSetting("ddim", config.mcm.student_steps)
-    return sampling.SamplerSetting(config.training.sample_method, config.training.sample_steps)
+        return batch_sampler.SamplerSetting("ddim", config.mcm.student_steps)
+    return batch_sampler.SamplerSetting(config.training.sample_method, config.training.sample_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,18 +145,18 @@ class RunSetup:
 
     def batch_sampler(
         self,
-        setting: sampling.SamplerSetting,
+        setting: batch_sampler.SamplerSetting,
         *,
         seed: int,
         batch_size: int,
         x_var_fn: samplers.XVarFn | None = None,
         labels: bool = False,
     ):
-        """The jitted `sample_batch(params, first_index[, prompts][, labels])` of eval.sampling
+        """The jitted `sample_batch(params, first_index[, prompts][, labels])` of batch_sampler
         for this run's model and mesh (prompts for text models, labels if `labels`): build it
         once and call it for every batch, so it compiles once."""
         data = self.config.data
-        return sampling.make_batch_sampler(
+        return batch_sampler.make_batch_sampler(
             self.model_fn, self.schedule, self.mesh, self.param_shardings,
             setting=setting, image_shape=data_config.image_shape(data),
             num_classes=data_config.num_classes(data), null_label=config_lib.null_label(self.config),

@@ -92,45 +92,13 @@ def start_next_pd_round(state: TrainState, optimizer: optax.GradientTransformati
     )
 
 
-def diffusion_loss_config(config: ml_collections.ConfigDict) -> losses.DiffusionLossConfig:
-    """The teacher's loss: `config.diffusion`'s fields as they are, plus the data's null label;
-    errors name the field."""
-    try:
-        return losses.DiffusionLossConfig(**config.diffusion, null_label=config_lib.null_label(config))
-    except ValueError as e:
-        raise ValueError(f"config.diffusion: {e}") from None
-
-
-def consistency_loss_config(config: ml_collections.ConfigDict) -> losses.ConsistencyLossConfig:
-    """The student's loss: `config.mcm`'s fields as they are, plus the data's null label; errors
-    name the field. Progressive distillation must reach its last round within training.num_steps."""
-    try:
-        loss_config = losses.ConsistencyLossConfig(
-            **config.mcm, null_label=config_lib.null_label(config)
-        )
-    except ValueError as e:
-        raise ValueError(f"config.mcm: {e}") from None
-    if loss_config.method == "pd":
-        rounds = losses.pd_rounds(loss_config.pd_start_steps, loss_config.student_steps)
-        last_start = (rounds - 1) * loss_config.pd_round_steps
-        if config.training.num_steps <= last_start:
-            raise ValueError(
-                f"config.training.num_steps: {config.training.num_steps} ends before the last of "
-                f"the {rounds} progressive distillation rounds ({loss_config.pd_start_steps} → "
-                f"{loss_config.student_steps} steps) starts at step {last_start} "
-                f"(mcm.pd_round_steps={loss_config.pd_round_steps}); give at least "
-                f"{rounds * loss_config.pd_round_steps}"
-            )
-    return loss_config
-
-
 def make_loss_fn(
     config: ml_collections.ConfigDict, model_fn: losses.ModelFn, teacher_model_fn: losses.ModelFn | None
 ) -> Callable:
     """loss_fn(params, batch, rng, step, teacher_params) -> (loss, metrics) for the objective."""
     schedule = config_lib.schedule_from_config(config)
     if config.objective == "diffusion":
-        loss_config = diffusion_loss_config(config)
+        loss_config = config_lib.diffusion_loss_config(config)
 
         def loss_fn(params, batch, rng, step, teacher_params):
             del step, teacher_params
@@ -140,7 +108,7 @@ def make_loss_fn(
 
         return loss_fn
 
-    loss_config = consistency_loss_config(config)
+    loss_config = config_lib.consistency_loss_config(config)
     if loss_config.method == "pd":
         # The teacher is the state's (`TrainState.teacher`): the student's own network.
         def loss_fn(params, batch, rng, step, teacher_params):
@@ -176,7 +144,7 @@ def make_train_step(
     seed = int(config.seed)
     pd = is_progressive_distillation(config)
     if pd:
-        pd_config = consistency_loss_config(config)
+        pd_config = config_lib.consistency_loss_config(config)
         rounds = losses.pd_rounds(pd_config.pd_start_steps, pd_config.student_steps)
         round_steps = pd_config.pd_round_steps
 

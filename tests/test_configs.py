@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, data_config, losses, run_setup, train_step
+from mcm_jax import config_lib, data_config, losses, run_setup
 
 STUDENT_ARGS = [
     ",".join(parts)
@@ -192,7 +192,7 @@ def test_imagenet_evals_default_to_the_paper_baselines(resolution, size):
     """Teachers: 512 aDDIM steps (Table 1's diffusion row), the small ImageNet128 one guided with
     the weight its CD student distils; students: their own S-step DDIM."""
     from mcm_jax.eval.evaluate import sweep_settings
-    from mcm_jax.eval.sampling import SamplerSetting
+    from mcm_jax.batch_sampler import SamplerSetting
 
     teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
     guided = resolution == 128 and size == "small"
@@ -301,7 +301,7 @@ def test_paper_ablation_overrides_validate(name, arg, overrides):
         section, key = field.split(".")
         config[section][key] = value
     run_setup.validate(config, num_devices=8)
-    m = train_step.consistency_loss_config(config)
+    m = config_lib.consistency_loss_config(config)
     if "mcm.teacher_steps_start" in overrides:
         n = overrides["mcm.teacher_steps_start"]
         for i in (0, 50_000, 200_000):

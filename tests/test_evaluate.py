@@ -11,6 +11,7 @@ from etils import epath
 from mcm_jax import calibrate, digits_classifier, presets, train
 from mcm_jax.eval import evaluate
 from mcm_jax.datasets import digits_split
+from mcm_jax import batch_sampler as batch_sampler_lib
 from mcm_jax.eval import metrics, sampling
 from mcm_jax.eval.config import default_eval_config
 from mcm_jax.run_setup import RunSetup
@@ -71,9 +72,9 @@ def test_exactly_n_distinct_samples_and_bit_exact_resume(tmp_path):
     config = _config("unused")
     setup = RunSetup.create(config)
     params = train.Trainer(setup).init_state().ema_params[0]
-    batch_sampler = sampling.make_batch_sampler(
+    batch_sampler = batch_sampler_lib.make_batch_sampler(
         setup.model_fn, setup.schedule, setup.mesh, setup.param_shardings,
-        setting=sampling.SamplerSetting("ddim", 2), image_shape=(16, 16, 1), num_classes=10,
+        setting=batch_sampler_lib.SamplerSetting("ddim", 2), image_shape=(16, 16, 1), num_classes=10,
         null_label=10, seed=3, batch_size=8,
     )
     calls = []

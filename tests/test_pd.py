@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import checkpointing, losses, presets, train, train_step
+from mcm_jax import checkpointing, config_lib, losses, presets, train
 from mcm_jax.run_setup import RunSetup
 
 
@@ -85,7 +85,7 @@ def test_pd_refuses_s_not_reached_by_halving_and_a_budget_short_of_the_last_roun
     config.mcm.student_steps = 3
     with pytest.raises(ValueError, match=r"^config.mcm: pd_start_steps must be student_steps \(3\) "
                        r"times a power of 2, so that halving reaches it .* got 32$"):
-        train_step.consistency_loss_config(config)
+        config_lib.consistency_loss_config(config)
     with pytest.raises(ValueError, match="^config argument steps=3: pd_start_steps must be"):
         presets.digits_pd("steps=3")
     config = presets.digits_pd("steps=4,model=tiny")  # 32 -> 4: 4 rounds of 375
@@ -93,7 +93,7 @@ def test_pd_refuses_s_not_reached_by_halving_and_a_budget_short_of_the_last_roun
     with pytest.raises(ValueError, match=r"^config.training.num_steps: 1125 ends before the last "
                        r"of the 4 .* starts at step 1125 \(mcm.pd_round_steps=375\); give at "
                        r"least 1500"):
-        train_step.consistency_loss_config(config)
+        config_lib.consistency_loss_config(config)
 
 
 def test_truncated_snr_weight_is_max_of_snr_and_one():

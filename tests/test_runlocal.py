@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from mcm_jax import checkpointing, config_lib, main, main_flags, presets, run_setup, runlocal
+from mcm_jax import checkpointing, cli, config_lib, main, presets, run_setup, runlocal
 from mcm_jax.models.configs import RESNET, TRANSFORMER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +62,8 @@ def run_main(*args: str) -> None:
     """What `python -m mcm_jax.main ARGS` does once imported: parse into fresh flags, run."""
     argv = ["mcm_jax.main", *args]
     flag_values = flags.FlagValues()
-    main_flags.define_flags(flag_values, sys_argv=argv)
-    main_flags.parse(argv, flag_values)
+    cli.define_main_flags(flag_values, sys_argv=argv)
+    cli.parse_main_flags(argv, flag_values)
     main.run(flag_values.config, flag_values.workdir, flag_values.mode)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mcm_jax import config_lib, images, sharding, train
-from mcm_jax.eval import sampling
+from mcm_jax import batch_sampler
 from mcm_jax.run_setup import RunSetup
 
 BATCH = 16
@@ -101,9 +101,9 @@ def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatc
     """Every grid of a run calls one jitted eval-job sampler (compiled once, for 8 devices even
     for 4 images) and shows the eval job's first samples at config.seed."""
     built = []
-    make = sampling.make_batch_sampler
+    make = batch_sampler.make_batch_sampler
     monkeypatch.setattr(
-        sampling, "make_batch_sampler", lambda *a, **k: built.append(make(*a, **k)) or built[-1]
+        batch_sampler, "make_batch_sampler", lambda *a, **k: built.append(make(*a, **k)) or built[-1]
     )
     config = _config(objective)
     setup = RunSetup.create(config)
@@ -116,7 +116,7 @@ def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatc
 
     steps = config.mcm.student_steps if objective == "mcm" else config.training.sample_steps
     method = "ddim" if objective == "mcm" else config.training.sample_method
-    setting = sampling.SamplerSetting(method, steps)
+    setting = batch_sampler.SamplerSetting(method, steps)
     eval_batch = setup.batch_sampler(setting, seed=config.seed, batch_size=8)(params, 0)
     np.testing.assert_array_equal(first, images.to_uint8(np.asarray(eval_batch)[:4]))
 

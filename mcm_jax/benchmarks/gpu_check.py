@@ -56,7 +56,7 @@ from mcm_jax import (
     cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup, train_step,
 )
 from mcm_jax.benchmarks import profile_ops, train_step_bench
-from mcm_jax.eval.sampling import SamplerSetting
+from mcm_jax.batch_sampler import SamplerSetting
 from mcm_jax.fid import inception
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 from mcm_jax.models.layers import choose_attention_implementation

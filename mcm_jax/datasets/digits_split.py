@@ -8,9 +8,11 @@ scikit-learn, no network and no TensorFlow.
 import numpy as np
 from sklearn.datasets import load_digits
 
-RESOLUTIONS = (8, 16, 32)  # the builder configs; 8 is the native size
+from mcm_jax.data_config import DATASETS
+
+RESOLUTIONS = DATASETS["digits"].resolutions  # the builder configs; 8 is the native size
 SPLITS = ("train", "test")
-NUM_CLASSES = 10
+NUM_CLASSES = DATASETS["digits"].num_classes
 TEST_FRACTION = 0.2  # of each class, rounded: 359 test and 1,438 train images
 SPLIT_SEED = 0
 _MAX_VALUE = 16  # the UCI digits count pixels of a 4x4 block: values 0..16

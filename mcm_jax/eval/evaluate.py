@@ -36,7 +36,7 @@ from mcm_jax import checkpointing, data_config, files, images, multihost, paths,
 from mcm_jax.calibrate import load_x_var_table
 from mcm_jax.eval import metrics, prompts, report, sampling
 from mcm_jax.eval.config import METRICS, check_clip_fields, check_ema_index, default_eval_config
-from mcm_jax.eval.sampling import SamplerSetting
+from mcm_jax.batch_sampler import SamplerSetting
 from mcm_jax.fid.weights import file_sha256
 from mcm_jax.progress import ProgressFn
 from mcm_jax.run_setup import RunSetup, check_run_matches, own_sampler
