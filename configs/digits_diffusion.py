@@ -3,7 +3,7 @@
     python -m mcm_jax.main --config=configs/digits_diffusion.py --workdir=/tmp/digits_teacher
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.DIGITS_DIFFUSION_ARGS

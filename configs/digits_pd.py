@@ -15,7 +15,7 @@ Loss: squared x-space error with the PD paper's truncated SNR weighting max(SNR,
 rate 2e-4 after 50 warm-up steps), restarted every round.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.DIGITS_PD_ARGS

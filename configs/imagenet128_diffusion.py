@@ -8,7 +8,7 @@ Argument: `size=small|large` (default small): the paper's base (397M) and large 
 which add a 128-channel ResNet level at 128x128 to the ImageNet64 ones (dropout per the paper's
 appendix A.1: 0.1 on the small middle stack; 0.1 on every block of the large network except those
 at 128x128). Everything else, including the optimizer choices, is
-`mcm_jax.presets.imagenet_teacher`; the schedule interpolates from 32 px to 128 px. As in the
+`mcm_jax.config.presets.imagenet_teacher`; the schedule interpolates from 32 px to 128 px. As in the
 paper, the loss is simple diffusion's multiscale loss with one 2x2 average pooling (128 and 64 px).
 
 `--mode=eval` defaults to the paper's teacher baseline, 512 aDDIM steps; the small (base) network
@@ -20,7 +20,7 @@ at mild guidance and grows as stronger guidance trades diversity for fidelity. T
 student distils the teacher guided with the same weight (`imagenet128_mcm`).
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_DIFFUSION_ARGS

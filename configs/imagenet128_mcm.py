@@ -8,7 +8,7 @@
 Argument: `steps=S,method=cd|ct,size=small|large` (defaults 8, cd, small); the paper's settings of
 `imagenet64_mcm` at 128 px, with two differences. First, the paper distils the base (small)
 ImageNet128 model with classifier-free guidance; its weight is our choice,
-`mcm_jax.presets.IMAGENET128_GUIDANCE_WEIGHT` (the teacher's eval uses the same weight, and
+`mcm_jax.config.presets.IMAGENET128_GUIDANCE_WEIGHT` (the teacher's eval uses the same weight, and
 imagenet128_diffusion.py's docstring says why it is small). Only CD can be guided (CT has no
 teacher network), so small CT runs and all large runs are unguided. Override with `--config.mcm.guidance_weight=...`.
 
@@ -20,7 +20,7 @@ literal reading. `--config.mcm.multiscale_pools=0` gives the single-scale loss o
 students.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_MCM_ARGS

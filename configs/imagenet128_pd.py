@@ -26,7 +26,7 @@ small network's first round distils the guided teacher (weight 0.2); later round
 previous student unguided.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_PD_ARGS

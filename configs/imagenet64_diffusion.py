@@ -21,7 +21,7 @@ evaluation uses it); 500k steps, about 800 epochs at batch 2048.
 during training use `training.sample_steps` (128) to stay cheap.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_DIFFUSION_ARGS

@@ -19,7 +19,7 @@ norm 1, EMA 0.9999).
 `teacher.workdir` stays "" here and must be given (`--config.teacher.workdir=...`).
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_MCM_ARGS

@@ -23,7 +23,7 @@ SNR weighting max(SNR, 1). Optimizer and EMA: the teacher's (Adam, learning rate
 previous round's EMA parameters.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.IMAGENET_PD_ARGS

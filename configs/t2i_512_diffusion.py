@@ -1,6 +1,6 @@
 """Text-to-image diffusion teacher at 512 px (paper §5.2, appendix A.1, Table 6).
 
-    python -m mcm_jax.datasets.embed_text --source='tar:gs://BUCKET/laion/*.tar' \
+    python -m mcm_jax.data.embed_text --source='tar:gs://BUCKET/laion/*.tar' \
         --encoder_dir=/path/to/t5_1.1_xxl --out=gs://BUCKET/captions_t5xxl --split=train
     python -m mcm_jax.main --config=configs/t2i_512_diffusion.py \
         --config.data.data_dir=gs://BUCKET/captions_t5xxl --workdir=gs://BUCKET/mcm/t2i_512
@@ -22,7 +22,7 @@ parameters). `--mode=eval` samples 30k prompts (`eval.prompts_dir` and `eval.pro
 baseline; `--config.eval.num_samples=5000` gives the 5k metric.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.NO_ARGS

@@ -13,7 +13,7 @@ The consistency loss is multiscale like the teacher's (our reading, as for Image
 samples the student's own S-step DDIM on `eval.prompts_dir`.
 """
 
-from mcm_jax import presets
+from mcm_jax.config import presets
 
 # The values the argument takes (the first is the default); `runlocal` is added to any of them.
 ARGUMENTS = presets.T2I_MCM_ARGS

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from mcm_jax import cli
+from mcm_jax.run import cli
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("workdir", None, "the run's workdir", required=True, flag_values=FLAGS)

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from mcm_jax import cli, config_lib
+from mcm_jax.config import config_lib
+from mcm_jax.run import cli
 
 METHODS = ("cd", "ct")
 LAUNCHERS = ("python", "slurm", "tpu_vm")
@@ -155,14 +156,14 @@ def _devices(config) -> int:
 
 
 def check_configs(runs: list[dict]) -> None:
-    """Parses each run's flags as `python -m mcm_jax.main` does (`mcm_jax.cli.parse_main_flags`) and checks
+    """Parses each run's flags as `python -m mcm_jax.main` does (`mcm_jax.run.cli.parse_main_flags`) and checks
     the config it builds as the run will at its start (`run_setup.validate`, and for an eval run
     `evaluate.validate`), on the fewest devices its mesh fits; so a bad config argument, an
     override of no field or a bad value fails here, with main's message naming the field. What
     only the launched machine has (data, the teacher's checkpoint) is not checked. A config file
     that is not an MCM one is a ValueError saying so."""
-    from mcm_jax import cli, run_setup
     from mcm_jax.eval import evaluate
+    from mcm_jax.run import cli, run_setup
 
     for config in sorted({run["config"].partition(":")[0] for run in runs}):
         objective = config_lib.load_config_file(config).objective  # its default argument
@@ -187,7 +188,7 @@ def _is_float(text: str) -> bool:
     return True
 
 
-FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.run.cli)
 flags.DEFINE_string("config", None, "an MCM config file, e.g. configs/imagenet64_mcm.py",
                     flag_values=FLAGS, required=True)
 flags.DEFINE_string("args", "", "further config arguments, e.g. size=large", flag_values=FLAGS)

@@ -6,7 +6,7 @@
 
 The run is rebuilt from its own config.json (run_setup.saved_config) and its EMA parameters
 restored from the checkpoint (checkpointing.Checkpointer, checksums verified), sharded over this
-process's devices. Sampling is the eval job's sampler (`mcm_jax.batch_sampler`): sample i
+process's devices. Sampling is the eval job's sampler (`mcm_jax.run.batch_sampler`): sample i
 has the noise normal(fold_in(PRNGKey(seed), i)), so two runs of the same image shape sampled with
 the same seed start from the same noise. docs/api.md has a worked example.
 """
@@ -22,8 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mcm_jax import checkpointing, config_lib, data_config, images, paths, run_setup, samplers
-from mcm_jax.batch_sampler import SamplerSetting
+from mcm_jax import images, paths
+from mcm_jax.config import config_lib, data_config
+from mcm_jax.method import samplers
+from mcm_jax.run import checkpointing, run_setup
+from mcm_jax.run.batch_sampler import SamplerSetting
 
 Prompts = Sequence[str] | dict[str, np.ndarray]
 
@@ -66,8 +69,8 @@ class Run:
         if isinstance(prompts, str):
             raise ValueError("prompts: give a list of strings, e.g. [\"a photo of a cat\"]")
         if self._encoder is None:
-            from mcm_jax import text_encoder
-            from mcm_jax.datasets import embedded_captions
+            from mcm_jax.data import embedded_captions
+            from mcm_jax.text import text_encoder
 
             metadata = embedded_captions.read_metadata(self.config.data.data_dir) or {}
             if "encoder_dir" not in metadata:

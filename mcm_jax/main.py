@@ -1,10 +1,10 @@
 """Entry point: python -m mcm_jax.main --config=configs/<file>.py[:args] --workdir=DIR --mode=train|eval
 
 Thin by design: parses flags, resolves the user's paths (local ones made absolute, gs:// kept),
-starts jax.distributed on multi-process launches (mcm_jax.distributed: a failing process ends
+starts jax.distributed on multi-process launches (mcm_jax.run.distributed: a failing process ends
 them all) and hands (config, workdir) to the training loop or the eval job.
 
-A user's mistake ends in one line, `error: <message>`, without a traceback (mcm_jax.cli.run):
+A user's mistake ends in one line, `error: <message>`, without a traceback (mcm_jax.run.cli.run):
 exit status 2 for a command line that cannot be parsed (a bad flag value, an unknown --config.*
 key, a config file that does not load), 1 for a run refused or stopped (a bad config value or
 path, an incompatible run or checkpoint, a non-finite loss, a full disk). --verbose, or
@@ -19,7 +19,8 @@ from __future__ import annotations
 import ml_collections
 from absl import flags, logging
 
-from mcm_jax import cli, files, paths
+from mcm_jax import files, paths
+from mcm_jax.run import cli
 
 FLAGS = flags.FLAGS
 cli.define_main_flags(FLAGS)
@@ -31,7 +32,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     paths.resolve_config_paths(config)
     import jax
 
-    from mcm_jax import distributed, log_filter, multihost, run_setup, runlocal
+    from mcm_jax import log_filter, runlocal
+    from mcm_jax.run import distributed, multihost, run_setup
 
     distributed.start()
     multihost.name_process_in_logs()
@@ -43,7 +45,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     logging.info("compilation cache: %s", run_setup.enable_compilation_cache(config) or "off")
     try:
         if mode == "train":
-            from mcm_jax import train
+            from mcm_jax.train import train
 
             train.train(config, workdir)
         else:
@@ -60,7 +62,7 @@ def _rerun_after(mode: str, workdir: str) -> tuple[str, str]:
     """(the job, what its rerun does) for the message of a job stopped by a full disk."""
     if mode == "eval":
         return "the eval job", "it continues from the samples it saved"
-    from mcm_jax import resume_config
+    from mcm_jax.run import resume_config
 
     step = resume_config.latest_saved_step(workdir)
     if step is None:

@@ -3,7 +3,7 @@ on a laptop needs that the config alone cannot say, prepared at the start of the
 
 - Image data (cifar10, imagenet2012, imagenet_resized) that is not prepared in data.data_dir:
   the run trains on synthetic examples of its shapes and classes (data.synthetic,
-  mcm_jax.datasets.synthetic) and says so in one line. Prepared data is read as in a real run;
+  mcm_jax.data.synthetic) and says so in one line. Prepared data is read as in a real run;
   digits is always there (built offline).
 - Caption data (text-to-image) that is not in data.data_dir: a tiny random T5 is built in the
   process and embeds synthetic captions of synthetic images, written as an embedded caption set
@@ -47,7 +47,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     for a real run. `mode` is main's --mode: only training writes synthetic caption data."""
     if not config.runlocal:
         return
-    from mcm_jax import data_config, input_pipeline
+    from mcm_jax.config import data_config
+    from mcm_jax.data import input_pipeline
 
     data = config.data
     if data_config.dataset_spec(data.name).captioned:
@@ -66,7 +67,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
 
 
 def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
-    from mcm_jax.datasets import embedded_captions
+    from mcm_jax.data import embedded_captions
 
     data = config.data
     if data.data_dir and embedded_captions.read_metadata(data.data_dir) is not None:
@@ -109,9 +110,9 @@ def write_synthetic_captions(directory: str, config: ml_collections.ConfigDict) 
 
     from PIL import Image
 
-    from mcm_jax import text_encoder
-    from mcm_jax.datasets import embedded_captions, synthetic
+    from mcm_jax.data import embedded_captions, synthetic
     from mcm_jax.eval import clip_score
+    from mcm_jax.text import text_encoder
 
     data = config.data
     shutil.rmtree(directory, ignore_errors=True)

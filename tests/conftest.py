@@ -140,7 +140,7 @@ def digits_data_dir(tmp_path_factory):
     """A TFDS data dir with the bundled digits built (offline) at 16 px, once per test process."""
     import tensorflow_datasets as tfds
 
-    import mcm_jax.datasets.digits  # noqa: F401  (registers the builder)
+    import mcm_jax.data.digits  # noqa: F401  (registers the builder)
 
     path = tmp_path_factory.mktemp("tfds")
     tfds.builder("digits/16x16", data_dir=str(path)).download_and_prepare()

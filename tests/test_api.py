@@ -12,7 +12,9 @@ from etils import epath
 from PIL import Image
 
 import mcm_jax
-from mcm_jax import checkpointing, presets, train
+from mcm_jax.config import presets
+from mcm_jax.run import checkpointing
+from mcm_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,12 +8,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcm_jax import models, presets, train_step
+from mcm_jax import models
 from mcm_jax.benchmarks import gpu_check, profile_ops, train_step_bench
+from mcm_jax.config import presets
+from mcm_jax.train import train_step
 
 
 def test_benchmark_module_imports_no_tensorflow():
-    code = "import sys, mcm_jax.benchmarks.train_step_bench, mcm_jax.train; assert 'tensorflow' not in sys.modules"
+    code = (
+        "import sys, mcm_jax.benchmarks.train_step_bench, mcm_jax.train.train; "
+        "assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""Captioned digits (mcm_jax.datasets.captioned_digits): captions and their digits, the written
+"""Captioned digits (mcm_jax.data.captioned_digits): captions and their digits, the written
 data set against the digits split, reading it with the `captions` pipeline, and build reuse."""
 
 import json
@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from mcm_jax import data_config as data_config_lib
-from mcm_jax.datasets import captioned_digits as cd
-from mcm_jax.datasets import digits_split
+from mcm_jax.config import data_config as data_config_lib
+from mcm_jax.data import captioned_digits as cd
+from mcm_jax.data import digits_split
 
 BATCH = 16
 
@@ -134,7 +134,7 @@ def test_written_data_set(built):
 
 @pytest.mark.slow
 def test_captions_pipeline_reads_it(built):
-    from mcm_jax import input_pipeline
+    from mcm_jax.data import input_pipeline
 
     _, info = built
     config = cd.data_config(info)
@@ -229,7 +229,7 @@ def test_encoder_tells_the_digit_of_held_out_phrasings(built):
     read-out trained on the training phrasings finds the digit in the held-out phrasings, whose
     unseen words sit next to it (at encoder width 32 it did so for 91-94% only, and the
     miniature's teacher followed held-out prompts 86% of the time)."""
-    from mcm_jax import text_encoder
+    from mcm_jax.text import text_encoder
 
     out, _ = built
     encoder = text_encoder.TextEncoder.from_dir(

@@ -14,7 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mcm_jax import data_config, input_pipeline
+from mcm_jax.config import data_config
+from mcm_jax.data import input_pipeline
 from test_input_pipeline import _adm_center_crop_arr
 
 WIDTH = 12

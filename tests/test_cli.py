@@ -1,5 +1,5 @@
 """Every command's user mistakes end in one `error:` line naming the flag, exit status 2 (command
-line) or 1 (run), with the traceback only on request (mcm_jax.cli.run)."""
+line) or 1 (run), with the traceback only on request (mcm_jax.run.cli.run)."""
 
 import os
 import subprocess
@@ -9,10 +9,10 @@ import pytest
 from absl import app
 
 from mcm_jax import paths
-from mcm_jax.datasets import prepare
+from mcm_jax.data import prepare
 from test_train import ROOT
 
-MEMORY = ["mcm_jax.memory", "--config=configs/digits_mcm.py:model=tiny", "--remat=none"]
+MEMORY = ["mcm_jax.train.memory", "--config=configs/digits_mcm.py:model=tiny", "--remat=none"]
 
 
 def test_a_directory_flag_is_refused_when_it_is_or_lies_under_a_file(tmp_path):
@@ -55,21 +55,21 @@ def _run(args, **env):
 @pytest.mark.parametrize(
     "args, status, message",
     [
-        (["mcm_jax.main_job", "--workdir={tmp}/a_file"], 1,
+        (["mcm_jax.experiments.main_job", "--workdir={tmp}/a_file"], 1,
          "--workdir: {tmp}/a_file is a file, not a directory"),
-        (["mcm_jax.main_job", "--workdir={tmp}/w", "--teacher_steps=0"], 2,
+        (["mcm_jax.experiments.main_job", "--workdir={tmp}/w", "--teacher_steps=0"], 2,
          "flag --teacher_steps=0: 0 is not a positive integer (see --helpshort)"),
-        (["mcm_jax.text_digits", "--workdir={tmp}/w", "--out={tmp}/a_file", "--quick"], 1,
+        (["mcm_jax.experiments.text_digits", "--workdir={tmp}/w", "--out={tmp}/a_file", "--quick"], 1,
          "--out: {tmp}/a_file is a file, not a directory"),
         ([*MEMORY, "--chip=v9"], 2, "--chip: unknown chip 'v9'; known: v4, "),
         ([*MEMORY, "--devices=0"], 2, "flag --devices=0: 0 is not a positive integer"),
         ([*MEMORY, "--config.training.bach_size=8"], 2,
          "--config.training.bach_size: unknown field 'bach_size' in config.training; closest: "
          "batch_size"),
-        (["mcm_jax.fid.reference", "--config=configs/digits_mcm.py", "--weights={tmp}/no.npz",
+        (["mcm_jax.eval.fid.reference", "--config=configs/digits_mcm.py", "--weights={tmp}/no.npz",
           "--output={tmp}/o.npz"], 1,
          "--weights: FID Inception weights not found at {tmp}/no.npz"),
-        (["mcm_jax.datasets.prepare", "digitz", "--data_dir={tmp}"], 2,
+        (["mcm_jax.data.prepare", "digitz", "--data_dir={tmp}"], 2,
          "digitz: not a TFDS data set; closest: digits"),
     ],
     ids=["workdir_file", "teacher_steps", "out_file", "chip", "devices", "config_key", "weights",
@@ -91,7 +91,7 @@ def test_command_mistakes_end_in_one_error_line(tmp_path, args, status, message)
                          ids=["flag", "env"])
 def test_traceback_on_request(tmp_path, args, env):
     (tmp_path / "a_file").write_text("x")
-    code, stderr = _run(["mcm_jax.main_job", f"--workdir={tmp_path / 'a_file'}", *args], **env)
+    code, stderr = _run(["mcm_jax.experiments.main_job", f"--workdir={tmp_path / 'a_file'}", *args], **env)
 
     assert code == 1 and "Traceback" in stderr and "NotADirectoryError: --workdir:" in stderr
 

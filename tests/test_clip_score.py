@@ -19,8 +19,8 @@ import pytest
 import regex
 from PIL import Image
 
+from mcm_jax.config.eval_config import default_eval_config
 from mcm_jax.eval import clip_score, metrics
-from mcm_jax.eval.config import default_eval_config
 
 CAPTIONS = [
     "a photo of the cat", "A RED   dog", "blue", "the cat's 2 dogs!!", "a photo of a red cat",
@@ -252,7 +252,7 @@ def test_backend_checks_and_a_keras_free_core():
     script = textwrap.dedent(
         """
         import os, sys
-        import mcm_jax.eval.metrics, mcm_jax.samplers, mcm_jax.losses
+        import mcm_jax.eval.metrics, mcm_jax.method.samplers, mcm_jax.method.losses
         assert "keras" not in sys.modules, "keras imported by the core or the metrics"
         from mcm_jax.eval import clip_score
 

@@ -7,8 +7,10 @@ import json
 import jax
 import pytest
 
-from mcm_jax import hardware, memory, presets, run_setup
 from mcm_jax.benchmarks import compile_bench, gpu_check
+from mcm_jax.config import presets
+from mcm_jax.run import run_setup
+from mcm_jax.train import hardware, memory
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -24,7 +26,7 @@ def _digits_cd(fsdp: int, devices: int):
 
 def test_compile_bench_times_the_step_of_abstract_inputs_and_xla_holds_the_estimated_state():
     """On a 2 x 4 data x fsdp mesh of the fake CPU devices: XLA's per-device argument bytes of
-    the compiled train step (state, teacher, batch) are mcm_jax.memory's state bytes."""
+    the compiled train step (state, teacher, batch) are mcm_jax.train.memory's state bytes."""
     config = _digits_cd(fsdp=4, devices=8)
     figures = compile_bench.lower_and_compile(config, devices=8, compiler_options=FAST_COMPILE)
     assert figures["lower_s"] > 0 and figures["compile_s"] > 0

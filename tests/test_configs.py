@@ -14,7 +14,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mcm_jax import config_lib, data_config, losses, run_setup
+from mcm_jax.config import config_lib, data_config
+from mcm_jax.method import losses
+from mcm_jax.run import run_setup
 
 STUDENT_ARGS = [
     ",".join(parts)
@@ -192,7 +194,7 @@ def test_imagenet_evals_default_to_the_paper_baselines(resolution, size):
     """Teachers: 512 aDDIM steps (Table 1's diffusion row), the small ImageNet128 one guided with
     the weight its CD student distils; students: their own S-step DDIM."""
     from mcm_jax.eval.evaluate import sweep_settings
-    from mcm_jax.batch_sampler import SamplerSetting
+    from mcm_jax.run.batch_sampler import SamplerSetting
 
     teacher = get_config(f"imagenet{resolution}_diffusion", f"size={size}")
     guided = resolution == 128 and size == "small"
@@ -322,7 +324,7 @@ def test_flat_hparams_keeps_every_field_as_a_scalar():
 
 def test_config_files_are_files_that_import_only_mcm_jax():
     """configs/ is a folder of files loaded by path, not a package: no __init__.py, and no config
-    file imports another (shared builders live in mcm_jax.presets)."""
+    file imports another (shared builders live in mcm_jax.config.presets)."""
     assert not os.path.exists(os.path.join(CONFIGS, "__init__.py"))
     names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
     assert len(names) == 13
@@ -337,7 +339,7 @@ def test_config_files_are_files_that_import_only_mcm_jax():
 
 
 def test_cosine_decay_needs_steps_after_the_warm_up():
-    from mcm_jax import config_lib, presets
+    from mcm_jax.config import config_lib, presets
 
     config = presets.digits_diffusion("model=tiny")
     config.optimizer.decay = "cosine"
@@ -360,7 +362,7 @@ def test_cosine_decay_needs_steps_after_the_warm_up():
 )
 def test_mistakes_caught_at_start_name_the_whole_field(field, value, message):
     """Values that used to fail only mid-run (sample grids) or without the field's group."""
-    from mcm_jax import presets
+    from mcm_jax.config import presets
 
     config = presets.digits_diffusion("model=tiny")
     config.training.sample_every = 5

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import diffusion
-from mcm_jax.schedules import get_schedule
+from mcm_jax.method import diffusion
+from mcm_jax.method.schedules import get_schedule
 
 SCHEDULE = get_schedule("cosine")
 

@@ -1,4 +1,4 @@
-"""`python -m mcm_jax.datasets.embed_text` and the embedded caption data set: each source, the
+"""`python -m mcm_jax.data.embed_text` and the embedded caption data set: each source, the
 TFDS directory read back with tfds.builder_from_directory, and the users' mistakes."""
 
 import io
@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mcm_jax.datasets import embed_text, embedded_captions
+from mcm_jax.data import embed_text, embedded_captions
 from test_text_encoder import MAX_LENGTH, tiny_encoder, tiny_encoder_dir  # noqa: F401 (fixtures)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -168,7 +168,8 @@ def test_write_api_ids_and_mixed_examples(tmp_path, tiny_encoder):
         embedded_captions.write_embedded_captions(
             tmp_path / "mixed", "train", [(image_bytes(0), "one")], tiny_encoder
         )
-    from mcm_jax import data_config, input_pipeline  # the reader refuses the interrupted split
+    from mcm_jax.config import data_config
+    from mcm_jax.data import input_pipeline  # the reader refuses the interrupted split
 
     config = data_config.default_data_config("captions")
     config.update(data_dir=str(tmp_path / "mixed"), text_width=tiny_encoder.width, resolution=8)
@@ -180,7 +181,7 @@ def test_prompt_set_errors_name_the_eval_fields(tmp_path, tiny_encoder):
     """Prompts from eval.prompts_dir/prompts_split: a mistake names those fields, not data.*."""
     import ml_collections
 
-    from mcm_jax import data_config
+    from mcm_jax.config import data_config
     from mcm_jax.eval import prompts
 
     out = tmp_path / "prompts"
@@ -270,7 +271,8 @@ def test_an_interrupted_added_split_is_marked_and_refused(tmp_path, tiny_encoder
     prompts.write_text("one\n")
     with pytest.raises(SystemExit, match="--out: .*split 'b' was interrupted; delete the directory"):
         run(tiny_encoder_dir, out, f"prompts:{prompts}", "--split=b")
-    from mcm_jax import data_config, input_pipeline
+    from mcm_jax.config import data_config
+    from mcm_jax.data import input_pipeline
 
     config = data_config.default_data_config("captions")
     config.update(data_dir=str(out), text_width=tiny_encoder.width, eval_split="b")
@@ -281,11 +283,11 @@ def test_an_interrupted_added_split_is_marked_and_refused(tmp_path, tiny_encoder
 
 @pytest.mark.slow
 def test_command_line(tmp_path, tiny_encoder_dir, tiny_encoder):
-    """`python -m mcm_jax.datasets.embed_text` in a fresh process, where TensorFlow and TFDS are
+    """`python -m mcm_jax.data.embed_text` in a fresh process, where TensorFlow and TFDS are
     imported before keras is (keras must still come up on JAX)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\n")
-    command = [sys.executable, "-m", "mcm_jax.datasets.embed_text",
+    command = [sys.executable, "-m", "mcm_jax.data.embed_text",
                f"--encoder_dir={tiny_encoder_dir}", f"--out={tmp_path / 'out'}",
                f"--source=prompts:{prompts}", f"--max_length={MAX_LENGTH}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)

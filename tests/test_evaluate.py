@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-from mcm_jax import calibrate, digits_classifier, presets, train
+from mcm_jax.config import presets
+from mcm_jax.config.eval_config import default_eval_config
+from mcm_jax.data import digits_split
+from mcm_jax.eval import calibrate, digits_classifier
 from mcm_jax.eval import evaluate
-from mcm_jax.datasets import digits_split
-from mcm_jax import batch_sampler as batch_sampler_lib
 from mcm_jax.eval import metrics, sampling
-from mcm_jax.eval.config import default_eval_config
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.run import batch_sampler as batch_sampler_lib
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 TEACHER_STEPS = 100
 
@@ -158,7 +160,7 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path, teacher_dir, digits_data_
         with pytest.raises(error, match=match):
             evaluate.evaluate(_config(digits_data_dir, **eval_fields), str(teacher_dir))
 
-    fails(FileNotFoundError, "python -m mcm_jax.fid.convert", metric="fid",
+    fails(FileNotFoundError, "python -m mcm_jax.eval.fid.convert", metric="fid",
           inception_weights=str(tmp_path / "fid_inception.npz"))
     weights = tmp_path / "present.npz"
     weights.write_bytes(b"")
@@ -170,7 +172,7 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path, teacher_dir, digits_data_
     fails(ValueError, "config.eval.sweep_methods: 'euler'", sweep_methods=("euler",))
     fails(ValueError, "config.eval.batch_size: 12 must be a positive multiple of the 8",
           batch_size=12)
-    fails(FileNotFoundError, "config.eval.x_var_table: .* python -m mcm_jax.calibrate",
+    fails(FileNotFoundError, "config.eval.x_var_table: .* python -m mcm_jax.eval.calibrate",
           x_var_table=str(tmp_path / "none.npz"))
 
     student = presets.digits_mcm("steps=4,model=tiny")

@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
-from mcm_jax import checkpointing, presets, resume_config, train
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import presets
+from mcm_jax.run import checkpointing, resume_config
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "--config=configs/digits_diffusion.py:model=tiny"

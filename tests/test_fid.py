@@ -1,4 +1,4 @@
-"""mcm_jax.fid: parity with pytorch-fid, weights on disk, statistics, Fréchet distance.
+"""mcm_jax.eval.fid: parity with pytorch-fid, weights on disk, statistics, Fréchet distance.
 
 The parity fixture comes from tools/make_fid_fixture.py: pytorch-fid's outputs on weights drawn
 with numpy from a seed, which these tests draw again without torch.
@@ -17,8 +17,8 @@ import pytest
 import scipy.linalg
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mcm_jax import fid
-from mcm_jax.fid import convert, inception, reference, weights
+from mcm_jax.eval import fid
+from mcm_jax.eval.fid import convert, inception, reference, weights
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -293,7 +293,7 @@ def test_missing_weights_message_gives_the_commands_that_make_them(tmp_path):
         fid.load_inception_params(path)
     message = str(error.value)
     assert weights.PYTORCH_FID_WEIGHTS_URL in message
-    convert_command = "python -m mcm_jax.fid.convert --input pt_inception-2015-12-05-6726825d.pth"
+    convert_command = "python -m mcm_jax.eval.fid.convert --input pt_inception-2015-12-05-6726825d.pth"
     assert f"{convert_command} --output {path}" in message
 
 
@@ -341,7 +341,7 @@ def test_statistics_of_batches_skips_padding_and_matches_numpy():
 
 DIGITS_FID_CONFIG = """
 import ml_collections
-from mcm_jax import input_pipeline
+from mcm_jax.data import input_pipeline
 
 def get_config(data_dir):
     config = ml_collections.ConfigDict()
@@ -358,7 +358,7 @@ def test_reference_command_on_digits(saved_weights, tmp_path):
     config_file, output = tmp_path / "digits_fid.py", tmp_path / "digits_stats.npz"
     config_file.write_text(DIGITS_FID_CONFIG)
     command = [
-        sys.executable, "-m", "mcm_jax.fid.reference",
+        sys.executable, "-m", "mcm_jax.eval.fid.reference",
         f"--config={config_file}:{tmp_path / 'tfds'}", f"--weights={weights_path}",
         f"--output={output}", "--num_examples=3", "--batch_size=2",
     ]  # two devices, batches of 2: the second is half padding, which must not count
@@ -372,7 +372,7 @@ def test_reference_command_on_digits(saved_weights, tmp_path):
 
 
 def test_package_imports_without_torch_or_tensorflow():
-    code = ("import sys, mcm_jax.fid; "
+    code = ("import sys, mcm_jax.eval.fid; "
             "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT

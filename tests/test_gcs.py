@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 from etils import epath
 
-from mcm_jax import calibrate, checkpointing, files, presets, run_setup, samplers, train
-from mcm_jax.fid import inception, statistics, weights
-from mcm_jax.run_setup import RunSetup
+from mcm_jax import files
+from mcm_jax.config import presets
+from mcm_jax.eval import calibrate
+from mcm_jax.eval.fid import inception, statistics, weights
+from mcm_jax.method import samplers
+from mcm_jax.run import checkpointing, run_setup
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 
 def _object_names(gcs_emulator, directory: epath.Path) -> list[str]:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mcm_jax import config_lib, hardware, presets
+from mcm_jax.config import config_lib, presets
+from mcm_jax.train import hardware
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from mcm_jax import input_pipeline
-from mcm_jax.datasets import digits_split, prepare, records
-from mcm_jax.datasets.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
-from mcm_jax.datasets.tfds_mock import write_tfds_metadata
+from mcm_jax.data import digits_split, prepare, records
+from mcm_jax.data import input_pipeline
+from mcm_jax.data.adm_preprocessing import center_crop_adm, decode_jpeg_like_pil
+from mcm_jax.data.tfds_mock import write_tfds_metadata
 
 
 # ---------------------------------------------------------------- ADM preprocessing vs Pillow
@@ -415,7 +415,7 @@ def test_bad_input_names_the_field(tmp_path):
     manual_dir.mkdir(parents=True)
     for file_name in input_pipeline.IMAGENET_MANUAL_FILES:
         (manual_dir / file_name).touch()
-    with pytest.raises(ValueError, match="mcm_jax.datasets.prepare imagenet2012"):
+    with pytest.raises(ValueError, match="mcm_jax.data.prepare imagenet2012"):
         input_pipeline.create_train_iterator(imagenet, global_batch_size=16, seed=0)
     with pytest.raises(ValueError, match="seed=-1"):
         input_pipeline.create_train_iterator(config("digits"), global_batch_size=16, seed=-1)
@@ -442,7 +442,7 @@ def test_downloaded_data_sets_must_be_prepared_and_are_never_downloaded(
         assert message.startswith(
             f"config.data.data_dir: data.name='{name}' is not prepared in '{tmp_path / 'nodata'}'"
         ), message
-        assert f"`python -m mcm_jax.datasets.prepare {name} --data_dir=DIR`" in message
+        assert f"`python -m mcm_jax.data.prepare {name} --data_dir=DIR`" in message
         assert f"copy DIR/{folder} to {tmp_path / 'nodata'}/" in message
     assert not (tmp_path / "nodata").exists()
 

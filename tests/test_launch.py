@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mcm_jax import config_lib
+from mcm_jax.config import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")

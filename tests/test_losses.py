@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import diffusion, losses
-from mcm_jax.mixture import GaussianMixture
-from mcm_jax.schedules import get_schedule
+from mcm_jax.experiments.mixture import GaussianMixture
+from mcm_jax.method import diffusion, losses
+from mcm_jax.method.schedules import get_schedule
 
 SCHEDULE = get_schedule("cosine")
 

@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from mcm_jax import checkpointing, distributed, paths, presets
+from mcm_jax import paths
+from mcm_jax.config import presets
+from mcm_jax.run import checkpointing, distributed
 from test_train import ROOT, _event_losses, _main_command
 
 TEACHER = "configs/digits_diffusion.py:model=tiny"

@@ -8,18 +8,18 @@ import sys
 import pytest
 from PIL import Image
 
-from mcm_jax import main_job, results_picture
+from mcm_jax.experiments import main_job, results_picture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_main_job_trains_distils_evaluates_tabulates_and_draws(tmp_path):
-    """`python -m mcm_jax.main_job --quick`: every stage, the table and the picture; the
+    """`python -m mcm_jax.experiments.main_job --quick`: every stage, the table and the picture; the
     terminal gets one line per stage, library INFO logs go to main_job.log."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, "-m", "mcm_jax.main_job", f"--workdir={tmp_path}", "--quick"],
+        [sys.executable, "-m", "mcm_jax.experiments.main_job", f"--workdir={tmp_path}", "--quick"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,7 +61,7 @@ def test_a_run_stopped_by_a_signal_stops_the_job_before_anything_uses_it(tmp_pat
     """SIGTERM makes train.train save and return early; nothing may evaluate or distil from it."""
     from types import SimpleNamespace
 
-    from mcm_jax import digits_runs
+    from mcm_jax.experiments import digits_runs
 
     calls = []
     monkeypatch.setattr(digits_runs.train, "train",

@@ -1,4 +1,4 @@
-"""mcm_jax.memory: exact per-device state bytes, activations per remat policy, the report."""
+"""mcm_jax.train.memory: exact per-device state bytes, activations per remat policy, the report."""
 
 import math
 import os
@@ -8,8 +8,9 @@ import sys
 import jax
 import pytest
 
-from mcm_jax import memory, presets, train
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import presets
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import memory, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +62,7 @@ def test_activations_grow_linearly_with_the_batch_and_shrink_with_remat():
 @pytest.mark.slow
 def test_report_command_prints_every_item_and_the_verdict():
     command = [
-        sys.executable, "-m", "mcm_jax.memory", "--config=configs/digits_mcm.py:model=tiny",
+        sys.executable, "-m", "mcm_jax.train.memory", "--config=configs/digits_mcm.py:model=tiny",
         "--devices=4", "--chip=v5e", "--config.mesh.fsdp=2", "--remat=none,full",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from mcm_jax import miniature, provenance
+from mcm_jax.experiments import miniature, provenance
 
 TINY = miniature.Scale(
     model="tiny", teacher_steps=4, student_steps=2, samples=24, seeds=2,
@@ -100,10 +100,10 @@ def test_claims_follow_the_numbers_and_their_noise():
 def test_report_has_every_table_and_the_provenance():
     summary = _summary([9.0, 6.0], [12.0, 8.0], [50.0, 20.0, 5.0], [30.0, 15.0, 4.5],
                        annealed=6.0, constant=[8.0, 7.5], ddim_teacher=8.0, snr=9.0)
-    meta = {"command": "python -m mcm_jax.miniature --x", "commit": "abc1234",
+    meta = {"command": "python -m mcm_jax.experiments.miniature --x", "commit": "abc1234",
             "machine": "2 CPU cores (test)", "duration": "1h02m", "provenance": "Code: hashed."}
     text = miniature.report(summary, TINY, meta)
-    assert "python -m mcm_jax.miniature --x" in text and "`abc1234`" in text
+    assert "python -m mcm_jax.experiments.miniature --x" in text and "`abc1234`" in text
     assert "2 CPU cores (test); wall time 1h02m." in text and "\nCode: hashed.\n" in text
     assert ("| 2 | 8.00 ± 0.50 (0.90 ± 0.01) | 6.00 ± 0.50 (0.90 ± 0.01) "
             "| 11.00 ± 0.50 (0.90 ± 0.01) |") in text
@@ -168,7 +168,7 @@ def test_the_code_hash_follows_the_imports_of_what_runs():
         str(p.relative_to(provenance.ROOT))
         for p in provenance.source_files(miniature.CODE_ROOTS)
     }
-    assert {"mcm_jax/train.py", "mcm_jax/losses.py", "mcm_jax/eval/evaluate.py",
-            "mcm_jax/calibrate.py", "mcm_jax/presets.py", "mcm_jax/input_pipeline.py",
-            "mcm_jax/digits_classifier.py"} <= files
-    assert not {"mcm_jax/miniature.py", "mcm_jax/results_table.py"} & files
+    assert {"mcm_jax/train/train.py", "mcm_jax/method/losses.py", "mcm_jax/eval/evaluate.py",
+            "mcm_jax/eval/calibrate.py", "mcm_jax/config/presets.py", "mcm_jax/data/input_pipeline.py",
+            "mcm_jax/eval/digits_classifier.py"} <= files
+    assert not {"mcm_jax/experiments/miniature.py", "mcm_jax/experiments/results_table.py"} & files

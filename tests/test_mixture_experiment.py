@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcm_jax import losses, mixture_experiment
-from mcm_jax.mixture_experiment import SCHEDULE, ExperimentConfig, MixtureMLP
+from mcm_jax.experiments import mixture_experiment
+from mcm_jax.experiments.mixture_experiment import ExperimentConfig, MixtureMLP, SCHEDULE
+from mcm_jax.method import losses
 
 # A shortened run of the CLI (S = 1 and 8 only, fewer steps and samples than the documented run).
 SHORT_RUN = [

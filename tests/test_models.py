@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax.models import NAMES, build, flops_per_example, model_config, param_count, validate
+from mcm_jax.models import build, flops_per_example, model_config, NAMES, param_count, validate
 from mcm_jax.models.layers import choose_attention_implementation
 
 PAPER_PARAMS = {

@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from mcm_jax import checkpointing, presets, train
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import presets
+from mcm_jax.run import checkpointing
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import checkpointing, config_lib, losses, presets, train
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import config_lib, presets
+from mcm_jax.method import losses
+from mcm_jax.run import checkpointing
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 
 class _Float64Cosine:

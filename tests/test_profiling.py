@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcm_jax import config_lib, presets, profiling, train
+from mcm_jax.config import config_lib, presets
+from mcm_jax.train import profiling, train
 
 
 def test_profiler_traces_exactly_the_window_and_stops_early_runs():

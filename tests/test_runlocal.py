@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-from mcm_jax import checkpointing, cli, config_lib, main, presets, run_setup, runlocal
+from mcm_jax import main, runlocal
+from mcm_jax.config import config_lib, presets
 from mcm_jax.models.configs import RESNET, TRANSFORMER
+from mcm_jax.run import checkpointing, cli, run_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -220,7 +222,7 @@ def test_a_runlocal_student_of_a_real_teacher_fails_at_start_with_one_line(tmp_p
 
 
 def test_synthetic_batches_have_the_data_sets_shapes_and_resume_exactly():
-    from mcm_jax.datasets import synthetic
+    from mcm_jax.data import synthetic
 
     data = presets.imagenet_diffusion(64, "runlocal").data
     data.synthetic = True

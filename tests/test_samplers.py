@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from mcm_jax import diffusion, samplers
-from mcm_jax.mixture import GaussianMixture
-from mcm_jax.schedules import get_schedule
+from mcm_jax.experiments.mixture import GaussianMixture
+from mcm_jax.method import diffusion, samplers
+from mcm_jax.method.schedules import get_schedule
 
 SCHEDULE = get_schedule("cosine")
 MIXTURE = GaussianMixture()

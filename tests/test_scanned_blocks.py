@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mcm_jax import checkpointing, config_lib, presets, run_setup, sharding, train
+from mcm_jax.config import config_lib, presets
 from mcm_jax.models import build, model_config, param_count, stacking
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.run import checkpointing, run_setup, sharding
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mcm_jax.schedules import get_schedule
+from mcm_jax.method.schedules import get_schedule
 
 T = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
 

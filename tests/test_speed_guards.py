@@ -11,10 +11,11 @@ import pytest
 from jax._src import source_info_util
 from jax.extend import core as jax_core
 
-from mcm_jax import config_lib, presets, profiling, train
 from mcm_jax.benchmarks.train_step_bench import synthetic_batch
+from mcm_jax.config import config_lib, presets
 from mcm_jax.models import build, model_config
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import profiling, train
 
 MATMULS = ("dot_general", "conv_general_dilated")
 BF16 = jnp.dtype(jnp.bfloat16)

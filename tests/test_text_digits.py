@@ -4,7 +4,7 @@ prompted-digit rate and the report's checks."""
 import numpy as np
 import pytest
 
-from mcm_jax import text_digits
+from mcm_jax.experiments import text_digits
 
 
 class _ReadsTheFirstPixel:
@@ -43,8 +43,8 @@ def test_a_teacher_stopped_by_a_signal_stops_the_miniature_before_anything_uses_
     import io
     from types import SimpleNamespace
 
-    from mcm_jax import digits_runs
-    from mcm_jax.datasets import captioned_digits
+    from mcm_jax.data import captioned_digits
+    from mcm_jax.experiments import digits_runs
 
     info = {"data_dir": str(tmp_path / "data"), "text_length": 12, "text_width": 64,
             "resolution": 16, "splits": {"train": 64, "test": 8, "heldout": 8}}

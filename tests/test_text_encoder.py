@@ -1,4 +1,4 @@
-"""The frozen T5 text encoder (mcm_jax.text_encoder) on a tiny random T5 saved as a real KerasHub
+"""The frozen T5 text encoder (mcm_jax.text.text_encoder) on a tiny random T5 saved as a real KerasHub
 preset: loading, tokens, padding, truncation and batch independence."""
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mcm_jax import text_encoder
+from mcm_jax.text import text_encoder
 
 WORDS = "zero one two three four five six seven eight nine".split()
 CORPUS = [f"a handwritten digit {w} in {c} ink" for w in WORDS for c in ("black", "white", "grey")]
@@ -112,7 +112,7 @@ def test_max_length_below_one_is_refused(tiny_encoder_dir):
 def test_keras_on_another_backend_is_refused(tmp_path):
     code = (
         "import os; os.environ['KERAS_BACKEND'] = 'numpy'; import keras\n"
-        "from mcm_jax import text_encoder\n"
+        "from mcm_jax.text import text_encoder\n"
         f"text_encoder.write_tiny_encoder({str(tmp_path)!r}, ['one two'])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

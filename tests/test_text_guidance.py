@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import conditioning, diffusion, losses, samplers
-from mcm_jax.schedules import get_schedule
+from mcm_jax.method import conditioning, diffusion, losses, samplers
+from mcm_jax.method.schedules import get_schedule
 from test_text_conditioning import TEXT_WIDTH, text_inputs, text_model, text_params
 
 SCHEDULE = get_schedule("cosine")

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcm_jax import data_config, models, presets, run_setup, train, train_step
-from mcm_jax.datasets import embedded_captions
+from mcm_jax import models
+from mcm_jax.config import data_config, presets
+from mcm_jax.data import embedded_captions
 from mcm_jax.eval import clip_score, evaluate
+from mcm_jax.run import run_setup
+from mcm_jax.train import train, train_step
 from test_text_encoder import CORPUS, tiny_encoder, tiny_encoder_dir  # noqa: F401 (fixtures)
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mcm_jax import checkpointing, presets, train
+from mcm_jax.config import presets
+from mcm_jax.run import checkpointing
+from mcm_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,7 +215,7 @@ def test_nonfinite_loss_stops_training_and_keeps_good_checkpoints(tmp_path, digi
 
 @pytest.mark.slow
 def test_the_config_is_validated_once_per_job(tmp_path, digits_data_dir, monkeypatch):
-    from mcm_jax import config_lib
+    from mcm_jax.config import config_lib
     from mcm_jax.eval import evaluate
 
     calls = []
@@ -234,7 +236,8 @@ def test_a_teacher_written_before_new_fields_existed_still_teaches(tmp_path):
     now the data's) is ignored."""
     import json
 
-    from mcm_jax import checkpointing, presets, run_setup
+    from mcm_jax.config import presets
+    from mcm_jax.run import checkpointing, run_setup
 
     teacher = presets.digits_diffusion("model=tiny")
     saved = json.loads(teacher.to_json_best_effort())

@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcm_jax import config_lib, images, sharding, train
-from mcm_jax import batch_sampler
-from mcm_jax.run_setup import RunSetup
+from mcm_jax import images
+from mcm_jax.config import config_lib
+from mcm_jax.run import batch_sampler
+from mcm_jax.run import sharding
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import train
 
 BATCH = 16
 

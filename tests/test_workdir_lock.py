@@ -11,8 +11,8 @@ import psutil
 import pytest
 from etils import epath
 
-from mcm_jax import workdir_lock
-from mcm_jax.workdir_lock import LOCK_FILE, WorkdirLock
+from mcm_jax.run import workdir_lock
+from mcm_jax.run.workdir_lock import LOCK_FILE, WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,19 +3,20 @@
     python tools/miniature_timing.py /tmp/miniature_timing
 
 Trains the miniature's teacher for 200 steps and evaluates it at 1 and at 33 DDIM steps (their
-difference is the cost of a sampler step over the eval's samples), calibrates its x_var, then
-trains and evaluates a 60-step CT and CD student (S = 4) and a PD student (S = 1, four rounds) as
-`python -m mcm_jax.miniature` does. Prints, and writes to <dir>/timing.json, wall and CPU
-(user + sys of the process) seconds: per training step after the first (compilation excluded)
-and per run.
+difference is the cost of a sampler step over the eval's samples), calibrates its x_var, then trains
+and evaluates a 60-step CT and CD student (S = 4) and a PD student (S = 1, four rounds) as `python
+-m mcm_jax.experiments.miniature` does. Prints, and writes to <dir>/timing.json, wall and CPU (user
++ sys of the process) seconds: per training step after the first (compilation excluded) and per run.
 """
 import json
 import sys
 import time
 
 from etils import epath
-from mcm_jax import calibrate, digits_runs, miniature, train
+from mcm_jax.eval import calibrate
 from mcm_jax.eval import evaluate
+from mcm_jax.experiments import digits_runs, miniature
+from mcm_jax.train import train
 
 w = sys.argv[1]
 scale = miniature.SCALES["cpu"]

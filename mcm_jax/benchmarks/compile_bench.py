@@ -5,14 +5,14 @@
 
 For each run (PAPER_RUNS: ImageNet64/128 small/large diffusion and CD, t2i512 diffusion and CD)
 and each block layout (model.scan_blocks on: "scanned"; off: "unrolled"), the train step as
-training jits it (mcm_jax.train.Trainer: shardings, donated state) is lowered and compiled for
+training jits it (mcm_jax.train.train.Trainer: shardings, donated state) is lowered and compiled for
 abstract inputs (jax.ShapeDtypeStruct; nothing is allocated) on one device of the default
 backend, at `--batch_per_device`; `lower()` and `compile()` are timed apart, in wall-clock and
 in CPU seconds. Each measurement
 runs in a fresh subprocess (no cache of an earlier trace or compile helps it, the persistent
 compilation cache is off) and appends one JSON line: the times, the size of the lowered program
 (StableHLO lines, dot_general ops), XLA's `compiled.memory_analysis()` (arguments, outputs,
-aliased, temporaries) and, for comparison, mcm_jax.memory's estimate of the same step (state,
+aliased, temporaries) and, for comparison, mcm_jax.train.memory's estimate of the same step (state,
 gradients, activations under the config's remat policy). The table: docs/compile.md.
 """
 
@@ -29,8 +29,10 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from mcm_jax import memory, presets, run_setup, sharding, train
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import presets
+from mcm_jax.run import run_setup, sharding
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import memory, train
 
 VARIANTS = {"scanned": True, "unrolled": False}
 PAPER_RUNS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
@@ -102,7 +104,7 @@ def lower_and_compile(
 
 
 def estimated_bytes(config: ml_collections.ConfigDict, devices: int = 1) -> dict:
-    """mcm_jax.memory's per-device bytes of the same step: the state it holds between steps
+    """mcm_jax.train.memory's per-device bytes of the same step: the state it holds between steps
     (and a CD teacher), and the gradients plus activations it needs during the step."""
     result = memory.report(config, num_devices=devices, remats=(config.model.remat,))
     state = result["state"]
@@ -174,7 +176,7 @@ if __name__ == "__main__":
     flags.DEFINE_list("variants", list(VARIANTS), "Block layouts: scanned, unrolled.")
     flags.DEFINE_integer("batch_per_device", 2, "Per-device batch of the compiled step.",
                          lower_bound=1)
-    flags.DEFINE_bool("estimate", True, "Also record mcm_jax.memory's estimate (scanned only).")
+    flags.DEFINE_bool("estimate", True, "Also record mcm_jax.train.memory's estimate (scanned only).")
     flags.DEFINE_string("json", "compile_bench.jsonl", "File the JSON lines are appended to.")
     flags.DEFINE_bool("one", False, "Internal: measure the first run and variant here.")
     app.run(main)

@@ -20,7 +20,7 @@ synthetic data (no TensorFlow or clu is imported):
   measured there and at about half that depth. The difference is the time of one middle block;
   the 16-block step is extrapolated from it and labelled so ("extrapolated" status).
 Compile and run are timed apart (compile s; step ms and the figures from it).
-Each figure comes with img/s, TFLOP/s per device and MFU (`mcm_jax.hardware`), the device kind,
+Each figure comes with img/s, TFLOP/s per device and MFU (`mcm_jax.train.hardware`), the device kind,
 batch, commit and jax version, and `cudnn_attention`: whether the compiled program holds cuDNN's
 fused-attention custom calls. It prints a markdown table and writes the rows as JSON after each
 item, so a run cut short keeps what it measured. `--budget_s` bounds the whole run: an item that
@@ -52,14 +52,15 @@ import jaxlib
 import ml_collections
 from absl import app, flags
 
-from mcm_jax import (
-    cli, config_lib, data_config, files, hardware, memory, models, presets, run_setup, train_step,
-)
+from mcm_jax import files, models
 from mcm_jax.benchmarks import profile_ops, train_step_bench
-from mcm_jax.batch_sampler import SamplerSetting
-from mcm_jax.fid import inception
+from mcm_jax.config import config_lib, data_config, presets
+from mcm_jax.eval.fid import inception
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES
 from mcm_jax.models.layers import choose_attention_implementation
+from mcm_jax.run import cli, run_setup
+from mcm_jax.run.batch_sampler import SamplerSetting
+from mcm_jax.train import hardware, memory, train_step
 
 ITEMS = (
     "diffusion_small", "ct_small", "cd_small", "sample8_small", "inception", "batch_sweep",
@@ -91,7 +92,7 @@ DRY_RUN_T2I_DEPTHS, DRY_RUN_T2I_FULL_DEPTH = (1, 2), 4
 REMAT_ORDER = ("dots_saveable", "none", "dots_with_no_batch_dims_saveable", "full")
 assert set(REMAT_ORDER) == {"none", *CHECKPOINT_POLICIES}
 
-FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.run.cli)
 flags.DEFINE_bool("dry_run", False, "tiny networks and small batches, for a CPU", flag_values=FLAGS)
 flags.DEFINE_list("only", list(ITEMS), f"items to run, of {', '.join(ITEMS)}", flag_values=FLAGS)
 flags.DEFINE_string("commit", os.environ.get("MCM_JAX_COMMIT", "unknown"),
@@ -356,7 +357,7 @@ def _memory_limit() -> int | None:
 
 
 def _start_index(config: ml_collections.ConfigDict, batches: Sequence[int]) -> int:
-    """The largest batch that `mcm_jax.memory`'s estimate fits into the device's memory limit
+    """The largest batch that `mcm_jax.train.memory`'s estimate fits into the device's memory limit
     (the estimate leaves out XLA's fusions, so it tends to be low: the search goes up from it);
     the smallest batch where the limit is unknown (a CPU)."""
     limit = _memory_limit()
@@ -369,7 +370,7 @@ def _start_index(config: ml_collections.ConfigDict, batches: Sequence[int]) -> i
 
 
 def _t2i_start_index(depths: Sequence[int], batch: int, dry_run: bool) -> int:
-    """The deepest of `depths` whose t2i step `mcm_jax.memory` fits into the device's memory
+    """The deepest of `depths` whose t2i step `mcm_jax.train.memory` fits into the device's memory
     limit (the search corrects it either way); the shallowest where the limit is unknown."""
     limit = _memory_limit()
     if not limit:

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from mcm_jax import cli
+from mcm_jax.run import cli
 
 # (height, width) of ImageNet train images and how often they occur, roughly.
 _SHAPES = [((375, 500), 0.40), ((500, 375), 0.15), ((333, 500), 0.15), ((500, 333), 0.05),
@@ -42,7 +42,7 @@ def _synthetic_jpegs(rng: np.random.Generator) -> list[bytes]:
     return jpegs
 
 
-FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.cli)
+FLAGS = flags.FlagValues()  # this command's own (see mcm_jax.run.cli)
 flags.DEFINE_integer("resolution", 64, "image side in pixels", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 256, "examples per batch", flag_values=FLAGS)
 flags.DEFINE_integer("batches", 20, "timed batches", flag_values=FLAGS)
@@ -56,8 +56,8 @@ def main(argv: Sequence[str]) -> None:
     import tensorflow as tf  # after parsing: --help stays fast
     import tensorflow_datasets as tfds
 
-    from mcm_jax import input_pipeline
-    from mcm_jax.datasets.tfds_mock import write_tfds_metadata
+    from mcm_jax.data import input_pipeline
+    from mcm_jax.data.tfds_mock import write_tfds_metadata
 
     jpegs = _synthetic_jpegs(np.random.default_rng(0))
     epoch_size = 16 * FLAGS.batch_size

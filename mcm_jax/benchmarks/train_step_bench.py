@@ -18,8 +18,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax import data_config, hardware, run_setup, sharding, train, train_step
-from mcm_jax.run_setup import RunSetup
+from mcm_jax.config import data_config
+from mcm_jax.run import run_setup, sharding
+from mcm_jax.run.run_setup import RunSetup
+from mcm_jax.train import hardware, train, train_step
 
 FLAGS = flags.FLAGS
 
@@ -62,7 +64,7 @@ def benchmark(
     devices: list | None = None,
 ) -> dict:
     """Compiles and times `steps` train steps after `warmup`; returns the figures (`mfu` and
-    `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.hardware)
+    `peak_tflops` only where the peak is known: configured, or the device is in mcm_jax.train.hardware)
     and `cudnn_attention`, the cuDNN attention calls of the compiled step. With `profile_dir`,
     `profile_steps` more steps are traced there (jax.profiler) after the timed ones. `devices`:
     the devices to run on (default: all)."""
@@ -124,7 +126,7 @@ def main(argv):
     mfu = (
         f"MFU {100 * figures['mfu']:.1f}% of {figures['peak_tflops']:g} TFLOP/s"
         if "mfu" in figures
-        else "MFU unknown (device not in mcm_jax.hardware; set --config.peak_tflops_per_device)"
+        else "MFU unknown (device not in mcm_jax.train.hardware; set --config.peak_tflops_per_device)"
     )
     print(
         f"compile {figures['compile_s']:.1f} s | step {figures['step_ms']:.1f} ms | "

@@ -1,1 +1,2 @@
-"""Parts of the eval job (`mcm_jax.eval.evaluate`): its config, resumable sampling, metrics, reports."""
+"""The eval job (evaluate): resumable sampling, metrics (FID in fid/, FD-digits with
+digits_classifier, CLIP score), reports, and the aDDIM calibration (calibrate)."""

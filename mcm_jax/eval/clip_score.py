@@ -11,7 +11,7 @@ preprocessing prepares PIL images: shorter side resized to the model's size (bic
 two passes rounded to uint8 as PIL does), centre crop as torchvision's, CLIP's mean and std.
 
 keras and keras_hub are imported only when a scorer is built (the core stays Keras-free), on
-Keras's JAX backend (mcm_jax.keras_backend).
+Keras's JAX backend (mcm_jax.text.keras_backend).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from mcm_jax import images as images_lib
-from mcm_jax import keras_backend
+from mcm_jax.text import keras_backend
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -32,14 +32,19 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mcm_jax import checkpointing, data_config, files, images, multihost, paths, samplers
-from mcm_jax.calibrate import load_x_var_table
+from mcm_jax import files, images, paths
+from mcm_jax.config import data_config
+from mcm_jax.config.eval_config import (
+    check_clip_fields, check_ema_index, default_eval_config, METRICS,
+)
 from mcm_jax.eval import metrics, prompts, report, sampling
-from mcm_jax.eval.config import METRICS, check_clip_fields, check_ema_index, default_eval_config
-from mcm_jax.batch_sampler import SamplerSetting
-from mcm_jax.fid.weights import file_sha256
+from mcm_jax.eval.calibrate import load_x_var_table
+from mcm_jax.eval.fid.weights import file_sha256
+from mcm_jax.method import samplers
 from mcm_jax.progress import ProgressFn
-from mcm_jax.run_setup import RunSetup, check_run_matches, own_sampler
+from mcm_jax.run import checkpointing, multihost
+from mcm_jax.run.batch_sampler import SamplerSetting
+from mcm_jax.run.run_setup import check_run_matches, own_sampler, RunSetup
 
 __all__ = ["default_eval_config", "evaluate", "sweep_settings", "validate"]
 
@@ -98,7 +103,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> list[Sample
     if "eval" not in config:
         raise ValueError(
             "config.eval: missing; config_lib.base_config() should attach "
-            "mcm_jax.eval.config.default_eval_config()"
+            "mcm_jax.config.eval_config.default_eval_config()"
         )
     e = config.eval
     check_ema_index(config)
@@ -309,7 +314,7 @@ def evaluate(
     which case nothing is scored and the result is []. `progress(done, total)` follows the sweep
     of each evaluated step, in sampler steps times chunks.
     """
-    from mcm_jax import input_pipeline  # TensorFlow only here
+    from mcm_jax.data import input_pipeline  # TensorFlow only here
 
     setup = RunSetup.create(config)  # validates the run's config, the one time in an eval job
     settings = validate(config, jax.device_count())

@@ -20,11 +20,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mcm_jax import digits_classifier, fid, files, images, sharding
-from mcm_jax.datasets import digits_split
+from mcm_jax import files, images
+from mcm_jax.config.eval_config import check_clip_fields
+from mcm_jax.data import digits_split
 from mcm_jax.eval import clip_score
-from mcm_jax.eval.config import check_clip_fields
-from mcm_jax.fid import weights as fid_weights
+from mcm_jax.eval import digits_classifier, fid
+from mcm_jax.eval.fid import weights as fid_weights
+from mcm_jax.run import sharding
 
 # (uint8 NHWC samples) -> (features (B, D), predicted labels (B,) or None)
 OutputsFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -69,7 +71,7 @@ def inception_space(eval_config: ml_collections.ConfigDict, mesh: Mesh) -> Featu
         raise ValueError(
             "config.eval.reference_stats: FID needs an npz with mu and sigma: an ADM reference "
             "batch (e.g. VIRTUAL_imagenet64_labeled.npz) or the output of python -m "
-            "mcm_jax.fid.reference --config=... --weights=... --output=stats.npz"
+            "mcm_jax.eval.fid.reference --config=... --weights=... --output=stats.npz"
         )
     mu, sigma = fid.load_reference_statistics(reference_path)
     if mu.shape != (fid.FEATURE_DIM,):

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mcm_jax import sharding
+from mcm_jax.run import sharding
 
 
 def eval_prompts(config: ml_collections.ConfigDict) -> PromptSet:
@@ -38,7 +38,7 @@ class PromptSet:
         self, data: ml_collections.ConfigDict, *, dir_field: str = "data.data_dir",
         split_field: str = "data.eval_split",
     ):
-        from mcm_jax.datasets import captions  # TensorFlow: the input side only
+        from mcm_jax.data import captions  # TensorFlow: the input side only
 
         self._data = data
         self._builder = captions.open_builder(data, dir_field)
@@ -50,8 +50,8 @@ class PromptSet:
             raise ValueError(f"{split_field}={data.eval_split!r} (the prompts) is empty")
 
     def _records(self, *, with_captions: bool):
-        from mcm_jax.data_config import dataset_spec
-        from mcm_jax.datasets import records
+        from mcm_jax.config.data_config import dataset_spec
+        from mcm_jax.data import records
 
         return records.read(
             self._builder, self._data.eval_split, shuffle_seed=None,
@@ -64,7 +64,7 @@ class PromptSet:
     def batches(self, batch_size: int, first_index: int) -> Iterator[dict[str, np.ndarray]]:
         """{"text": float16 (B, length, width), "text_mask": bool (B, length)} of samples
         first_index + kB + 0..B-1, k = 0, 1, ...: prompts (i mod count)."""
-        from mcm_jax.datasets import captions
+        from mcm_jax.data import captions
 
         ds = self._records(with_captions=False).map(
             lambda r: captions.decode_text(r, self._data, captions=False)

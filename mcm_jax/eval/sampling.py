@@ -21,9 +21,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from mcm_jax import files, images
-from mcm_jax.batch_sampler import sample_labels
 from mcm_jax.eval import report
-from mcm_jax.progress import ProgressFn, duration
+from mcm_jax.progress import duration, ProgressFn
+from mcm_jax.run.batch_sampler import sample_labels
 
 CHUNK_PATTERN = "chunk_{:06d}.npz"
 SPEC_FILE = "spec.json"

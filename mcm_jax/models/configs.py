@@ -132,7 +132,7 @@ def _t2i512() -> ml_collections.ConfigDict:
     config.middle_dropout = 0.1
     config.embedding_width = 2048
     # Batch 2048 on 64 v5p chips (32 per chip) fits only when every block is recomputed:
-    # 91 of 95 GiB per chip (python -m mcm_jax.memory); dots_saveable would need 471 GiB.
+    # 91 of 95 GiB per chip (python -m mcm_jax.train.memory); dots_saveable would need 471 GiB.
     config.remat = "full"
     return config
 

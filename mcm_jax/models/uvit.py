@@ -15,7 +15,7 @@ from mcm_jax.models import stacking
 from mcm_jax.models.blocks import CHECKPOINT_POLICIES, ResNetBlock, TransformerBlock
 from mcm_jax.models.configs import RESNET, TRANSFORMER
 from mcm_jax.models.layers import (
-    ConcatDense, ConditioningEmbedding, TextContext, sincos_position_embedding,
+    ConcatDense, ConditioningEmbedding, sincos_position_embedding, TextContext,
 )
 from mcm_jax.models.norms import norm
 from mcm_jax.models.validation import DTYPES, validate_static

@@ -6,7 +6,7 @@ import builtins
 import os
 import runpy
 
-from mcm_jax import input_pipeline
+from mcm_jax.data import input_pipeline
 
 _next = input_pipeline.TrainIterator.__next__
 _fetched = 0
