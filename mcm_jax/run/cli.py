@@ -33,8 +33,6 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mcm_jax.config import config_lib
-
 VERBOSE_ENV = "MCM_JAX_VERBOSE"
 # What the project raises for a user's mistake or a fault of the run's files or disks (OSError:
 # a missing file, no permission, a read-only file system, a full disk, ...).
@@ -199,6 +197,10 @@ def _config_file_error(error: Exception, config_arg: str | None) -> str | None:
 
 def _override_error(argv: list[str], flag_values: flags.FlagValues) -> str | None:
     """The message for the first --config.* override in argv that names no config field."""
+    # Here, not at the top: commands without a --config flag (data preparation) then never import
+    # jax and flax for it.
+    from mcm_jax.config import config_lib
+
     argv = flag_values.read_flags_from_files(argv, force_gnu=False)
     config_arg = _config_arg(argv, flag_values)
     if config_arg is None:
