@@ -85,11 +85,12 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
     losses, guidance, text conditioning and samplers, on the `tiny` network with the family's
     levels (its ResNet or transformer at each resolution, but a ResNet where a transformer would
     attend over more than 32x32 positions; its dropout; `tiny=False` keeps the network), batch 8,
-    4 steps with checkpoints and sample grids every 2, one device, and an eval of 8 samples with
-    4 teacher steps. FID needs the converted Inception weights, so the eval scores with
-    FD-digits on digits and nothing elsewhere (`--config.eval.metric=fid` and its files turn it
-    back on). Text-to-image data is embedded by a tiny random T5 of width RUNLOCAL_TEXT_WIDTH;
-    the data and the CLIP are prepared at the run's start (mcm_jax.runlocal)."""
+    4 steps with checkpoints every 2 and a grid of 4 samples at the last (a second grid would run
+    the same compiled sampler again), one device, and an eval of 8 samples with 4 teacher steps.
+    FID needs the converted Inception weights, so the eval scores with FD-digits on digits and
+    nothing elsewhere (`--config.eval.metric=fid` and its files turn it back on). Text-to-image
+    data is embedded by a tiny random T5 of width RUNLOCAL_TEXT_WIDTH; the data and the CLIP are
+    prepared at the run's start (mcm_jax.runlocal)."""
     from mcm_jax.models.configs import RESNET, TRANSFORMER
 
     config.runlocal = True
@@ -115,7 +116,7 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
     config.optimizer.warmup_steps = 1
     config.training.update(
         batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, keep_period=0,
-        sample_every=2, sample_images=8, sample_steps=4,
+        sample_every=4, sample_images=4, sample_steps=4,
     )
     config.eval.update(num_samples=8, batch_size=8, grid_images=8)
     if config.eval.sweep_steps:
