@@ -114,9 +114,10 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
         config.data.text_width = RUNLOCAL_TEXT_WIDTH
     config.mesh.update(data=-1, fsdp=1)
     config.optimizer.warmup_steps = 1
+    num_steps = 4
     config.training.update(
-        batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, keep_period=0,
-        sample_every=4, sample_images=4, sample_steps=4,
+        batch_size=8, num_steps=num_steps, log_every=1, checkpoint_every=2, keep_period=0,
+        sample_every=num_steps, sample_images=4, sample_steps=4,  # one grid, at the last step
     )
     config.eval.update(num_samples=8, batch_size=8, grid_images=8)
     if config.eval.sweep_steps:
