@@ -7,9 +7,10 @@ on a laptop needs that the config alone cannot say, prepared at the start of the
   digits is always there (built offline).
 - Caption data (text-to-image) that is not in data.data_dir: a tiny random T5 is built in the
   process and embeds synthetic captions of synthetic images, written as an embedded caption set
-  (the real format, read by the real pipeline) under <workdir>/runlocal/; a tiny random CLIP is
-  written beside it for the eval's CLIP score. The eval job of the workdir reads the same files,
-  and a student (objective mcm) reads its runlocal teacher's, so it distils on its teacher's data.
+  (the real format, read by the real pipeline) under <workdir>/runlocal/; the first eval job
+  writes a tiny random CLIP beside it for its CLIP score (training never needs one). The eval job
+  of the workdir reads the same files, and a student (objective mcm) reads its runlocal
+  teacher's, so it distils on its teacher's data.
 
 A run without runlocal never gets here: `prepare` returns at once, and config_lib.validate
 refuses data.synthetic without runlocal.
@@ -27,6 +28,7 @@ from etils import epath
 
 RUNLOCAL_DIR = "runlocal"
 COMPLETE = "complete"  # written last: a directory without it was interrupted and is made again
+CLIP_DIR = "clip"
 TRAIN_CAPTIONS = 32
 EVAL_PROMPTS = 8
 SOURCE_SIZE = (96, 128)  # (height, width) of the synthetic images, cropped and resized as real ones
@@ -34,17 +36,19 @@ SUBJECTS = ("cat", "dog", "red car", "blue bird", "green tree", "small house", "
 SCENES = ("on a beach", "in the snow", "at night", "in a field")
 
 
-def captions(count: int, offset: int = 0) -> list[str]:
-    """`count` synthetic captions ("a photo of a cat on a beach", ...)."""
+def corpus() -> list[str]:
+    """The synthetic captions ("a photo of a cat on a beach", ...): TRAIN_CAPTIONS for training,
+    then EVAL_PROMPTS for the eval."""
     return [
         f"a photo of a {SUBJECTS[i % len(SUBJECTS)]} {SCENES[(i // len(SUBJECTS)) % len(SCENES)]}"
-        for i in range(offset, offset + count)
+        for i in range(TRAIN_CAPTIONS + EVAL_PROMPTS)
     ]
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
     """Makes a runlocal config runnable on this machine (see the module docstring); does nothing
-    for a real run. `mode` is main's --mode: only training writes synthetic caption data."""
+    for a real run. `mode` is main's --mode: training writes the synthetic caption data, the
+    eval job the CLIP."""
     if not config.runlocal:
         return
     from mcm_jax.config import data_config
@@ -90,6 +94,8 @@ def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str
         if jax.process_count() > 1:
             raise ValueError("runlocal: synthetic caption data is made by a one-process run")
         write_synthetic_captions(str(root), config)
+    if mode == "eval" and (root / COMPLETE).exists() and not (root / CLIP_DIR).exists():
+        write_clip(str(root))
     logging.warning(
         "runlocal: no caption data in data.data_dir=%s, so this smoke test trains on %d "
         "synthetic images (%dx%d, cropped and resized to %d px) with captions embedded by a tiny "
@@ -98,33 +104,32 @@ def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str
         data.text_width, root,
     )
     data.data_dir = os.fspath(root / "captions")
-    config.eval.clip_dir = os.fspath(root / "clip")
+    config.eval.clip_dir = os.fspath(root / CLIP_DIR)
 
 
 def write_synthetic_captions(directory: str, config: ml_collections.ConfigDict) -> None:
     """Writes into `directory` (local, new) a tiny random T5 (`text_encoder`, width
-    data.text_width), synthetic images with captions embedded by it (`captions`: train and
-    data.eval_split, the prompts) and a tiny random CLIP (`clip`); then the file COMPLETE, so
-    that a directory an interrupted run left is made again."""
+    data.text_width) and synthetic images with captions embedded by it (`captions`: train and
+    data.eval_split, the prompts); then the file COMPLETE, so that a directory an interrupted run
+    left is made again."""
     import shutil
 
     from PIL import Image
 
     from mcm_jax.data import embedded_captions, synthetic
-    from mcm_jax.eval import clip_score
     from mcm_jax.text import text_encoder
 
     data = config.data
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
-    corpus = captions(TRAIN_CAPTIONS + EVAL_PROMPTS)
+    texts = corpus()
     encoder_dir = os.path.join(directory, "text_encoder")
-    text_encoder.write_tiny_encoder(encoder_dir, corpus, width=data.text_width)
+    text_encoder.write_tiny_encoder(encoder_dir, texts, width=data.text_width)
     encoder = text_encoder.TextEncoder.from_dir(
         encoder_dir, max_length=data.text_length, batch_size=8
     )
     images = synthetic.synthetic_images(
-        np.random.default_rng(config.seed), len(corpus), (*SOURCE_SIZE, 3)
+        np.random.default_rng(config.seed), len(texts), (*SOURCE_SIZE, 3)
     )
 
     def jpeg(image: np.ndarray) -> bytes:
@@ -132,12 +137,31 @@ def write_synthetic_captions(directory: str, config: ml_collections.ConfigDict) 
         Image.fromarray(np.round((image + 1) * 127.5).astype(np.uint8)).save(out, format="JPEG")
         return out.getvalue()
 
-    examples = [(jpeg(image), caption) for image, caption in zip(images, corpus)]
+    examples = [(jpeg(image), caption) for image, caption in zip(images, texts)]
     out = os.path.join(directory, "captions")
     embedded_captions.write_embedded_captions(out, "train", examples[:TRAIN_CAPTIONS], encoder)
     embedded_captions.write_embedded_captions(
         out, data.eval_split, examples[TRAIN_CAPTIONS:], encoder
     )
-    words = sorted(set(" ".join(corpus).split()))
-    clip_score.write_tiny_clip(os.path.join(directory, "clip"), words=words)
     epath.Path(directory, COMPLETE).write_text("")
+
+
+def write_clip(directory: str) -> None:
+    """Writes a tiny random CLIP, with the words of the synthetic captions as its vocabulary, to
+    `directory`/CLIP_DIR: made aside and renamed into place, so that two eval jobs starting
+    together (or one interrupted) never leave a partial CLIP."""
+    import shutil
+    import tempfile
+
+    from mcm_jax.eval import clip_score
+
+    words = sorted(set(" ".join(corpus()).split()))
+    staging = tempfile.mkdtemp(prefix=f"{CLIP_DIR}.", dir=directory)
+    clip_score.write_tiny_clip(os.path.join(staging, CLIP_DIR), words=words)
+    try:
+        os.rename(os.path.join(staging, CLIP_DIR), os.path.join(directory, CLIP_DIR))
+    except OSError:  # another job's CLIP got there first: the same weights (seed 0)
+        if not os.path.isdir(os.path.join(directory, CLIP_DIR)):
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -16,6 +16,8 @@ from mcm_jax.config import presets
 from mcm_jax.run import checkpointing
 from mcm_jax.train import train
 
+FIRST, LAST = presets.RUNLOCAL_CHECKPOINT_EVERY, presets.RUNLOCAL_STEPS  # a runlocal run's steps
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,7 +57,7 @@ def test_docs_api_example_and_the_example_script_run_as_written(tmp_path, digits
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, digits_data_dir):
-    """A digits teacher of the tiny network with checkpoints at steps 2 and 4."""
+    """A digits teacher of the tiny network with runlocal's checkpoints (FIRST and LAST)."""
     config = presets.digits_diffusion("runlocal")
     config.data.data_dir = str(digits_data_dir)
     config.training.sample_every = 0
@@ -67,9 +69,9 @@ def tiny_run(tmp_path_factory, digits_data_dir):
 @pytest.mark.slow
 def test_load_samples_with_the_runs_own_sampler_on_shared_noise(tiny_run, gcs_dir):
     run = mcm_jax.load(str(tiny_run))
-    assert run.step == 4 and run.config.model.name == "tiny" and run.params is not None
+    assert run.step == LAST and run.config.model.name == "tiny" and run.params is not None
     own = run.own_sampler()
-    assert (own.method, own.steps) == (run.config.training.sample_method, 4)
+    assert (own.method, own.steps) == (run.config.training.sample_method, 4)  # runlocal's
     grid = run.sample(5)
     assert grid.shape == (5, 16, 16, 1) and grid.dtype == np.uint8
     # Labels cycle through the classes by default; the noise depends on (seed, i) only.
@@ -79,8 +81,8 @@ def test_load_samples_with_the_runs_own_sampler_on_shared_noise(tiny_run, gcs_di
     x_hat = run.denoise(np.zeros((3, 16, 16, 1)), 0.3, labels=[1, 2, 3], guidance=0.5)
     assert x_hat.shape == (3, 16, 16, 1) and np.isfinite(np.asarray(x_hat)).all()
 
-    earlier = mcm_jax.load(str(tiny_run), step=2)
-    assert earlier.step == 2 and not np.array_equal(earlier.sample(5), grid)
+    earlier = mcm_jax.load(str(tiny_run), step=FIRST)
+    assert earlier.step == FIRST and not np.array_equal(earlier.sample(5), grid)
 
     # The same run on gs:// (the GCS emulator) gives the same samples.
     for path in tiny_run.rglob("*"):
@@ -89,7 +91,7 @@ def test_load_samples_with_the_runs_own_sampler_on_shared_noise(tiny_run, gcs_di
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
     remote = mcm_jax.load(str(gcs_dir))
-    assert remote.step == 4
+    assert remote.step == LAST
     np.testing.assert_array_equal(remote.sample(5), grid)
 
     for call, message in (
@@ -105,9 +107,10 @@ def test_load_samples_with_the_runs_own_sampler_on_shared_noise(tiny_run, gcs_di
 @pytest.mark.slow
 def test_load_refuses_a_missing_step_and_an_ema_index_out_of_range(tiny_run):
     with pytest.raises(ValueError) as error:
-        mcm_jax.load(str(tiny_run), step=3)
+        mcm_jax.load(str(tiny_run), step=FIRST - 1)
     assert str(error.value) == (
-        f"mcm_jax.load: checkpoint step 3 does not exist in {tiny_run}; available: [2, 4]"
+        f"mcm_jax.load: checkpoint step {FIRST - 1} does not exist in {tiny_run}; "
+        f"available: [{FIRST}, {LAST}]"
     )
     with pytest.raises(ValueError) as error:
         mcm_jax.load(str(tiny_run), ema_index=1)

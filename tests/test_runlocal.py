@@ -1,7 +1,7 @@
 """Every config file in configs/ runs as a laptop smoke test (`:...,runlocal`) through
-mcm_jax.main's command line: trains 2 steps, resumes to 4, evaluates; students against a runlocal
-teacher of their family. Each file's argument values come from the file itself (its ARGUMENTS),
-so a new file, or a new value, is run without editing this test.
+mcm_jax.main's command line: trains to its first checkpoint, resumes to the last step, evaluates;
+students against a runlocal teacher of their family. Each file's argument values come from the
+file itself (its ARGUMENTS), so a new file, or a new value, is run without editing this test.
 
 The runs call mcm_jax.main's own flag parsing and `run` in this process (what `python -m
 mcm_jax.main` does after importing), which saves a TensorFlow start per run; the command line
@@ -70,25 +70,26 @@ def run_main(*args: str) -> None:
 
 
 def run_locally(name: str, arg: str, workdir, data_dir, *extra: str, cycle: bool) -> None:
-    """Runs configs/<name>.py:<arg>,runlocal in `workdir`: 2 training steps and, if `cycle`, a
-    resume to the config's 4 and the eval job; checks what each wrote."""
+    """Runs configs/<name>.py:<arg>,runlocal in `workdir`: the steps to its first checkpoint and,
+    if `cycle`, a resume to the config's last step and the eval job; checks what each wrote."""
+    first, last = presets.RUNLOCAL_CHECKPOINT_EVERY, presets.RUNLOCAL_STEPS
     common = [f"--config={CONFIGS}/{name}.py:{arg},runlocal", f"--workdir={workdir}",
               f"--config.data.data_dir={data_dir}", *extra]
     # Runs that only add argument values skip the sample grids: the cycle draws them.
     grids = [] if cycle else ["--config.training.sample_every=0"]
-    run_main(*common, "--config.training.num_steps=2", *grids)
+    run_main(*common, f"--config.training.num_steps={first}", *grids)
     if cycle:
-        run_main(*common)  # resumes from step 2 to the runlocal config's 4
+        run_main(*common)  # resumes from its first checkpoint to the runlocal config's last step
         run_main(*common, "--mode=eval")
     ckpt = checkpointing.Checkpointer(str(workdir), read_only=True)
-    assert ckpt.all_steps() == ([2, 4] if cycle else [2])
+    assert ckpt.all_steps() == ([first, last] if cycle else [first])
     ckpt.close()
     config = run_setup.saved_config(str(workdir))
     assert config.runlocal and config.model.name in ("tiny", "digits")
     if not cycle:
         return
-    assert (workdir / "samples_00000004.png").exists()
-    (metrics,) = workdir.glob("eval/*/step_00000004/*/metrics.json")
+    assert (workdir / f"samples_{last:08d}.png").exists()
+    (metrics,) = workdir.glob(f"eval/*/step_{last:08d}/*/metrics.json")
     assert (metrics.parent / "samples.png").exists()
     row = json.loads(metrics.read_text())
     if config.data.name == "digits":

@@ -53,6 +53,9 @@ DIGITS_PD_START_STEPS = 32
 RUNLOCAL_TOKENS = 32 * 32
 # runlocal: the text encoder's width of the tiny random T5 that embeds synthetic captions.
 RUNLOCAL_TEXT_WIDTH = 64
+# runlocal: training steps, with a checkpoint at RUNLOCAL_CHECKPOINT_EVERY and the last.
+RUNLOCAL_STEPS = 3
+RUNLOCAL_CHECKPOINT_EVERY = 2
 
 
 def parse_args(arg: str, spec: dict[str, tuple]) -> dict:
@@ -85,12 +88,13 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
     losses, guidance, text conditioning and samplers, on the `tiny` network with the family's
     levels (its ResNet or transformer at each resolution, but a ResNet where a transformer would
     attend over more than 32x32 positions; its dropout; `tiny=False` keeps the network), batch 8,
-    4 steps with checkpoints every 2 and a grid of 4 samples at the last (a second grid would run
-    the same compiled sampler again), one device, and an eval of 8 samples with 4 teacher steps.
-    FID needs the converted Inception weights, so the eval scores with FD-digits on digits and
-    nothing elsewhere (`--config.eval.metric=fid` and its files turn it back on). Text-to-image
-    data is embedded by a tiny random T5 of width RUNLOCAL_TEXT_WIDTH; the data and the CLIP are
-    prepared at the run's start (mcm_jax.runlocal)."""
+    3 steps with checkpoints at 2 and 3 (a run stopped at 2 resumes) and a grid of 4 samples at
+    the last (a second grid would run the same compiled sampler again), one device, and an eval
+    of 8 samples with 4 teacher steps. FID needs the converted Inception weights, so the eval
+    scores with FD-digits on digits and nothing elsewhere (`--config.eval.metric=fid` and its
+    files turn it back on). Text-to-image data is embedded by a tiny random T5 of width
+    RUNLOCAL_TEXT_WIDTH; the data is made at the training run's start, the CLIP at the first
+    eval's (mcm_jax.runlocal)."""
     from mcm_jax.models.configs import RESNET, TRANSFORMER
 
     config.runlocal = True
@@ -114,10 +118,10 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
         config.data.text_width = RUNLOCAL_TEXT_WIDTH
     config.mesh.update(data=-1, fsdp=1)
     config.optimizer.warmup_steps = 1
-    num_steps = 4
     config.training.update(
-        batch_size=8, num_steps=num_steps, log_every=1, checkpoint_every=2, keep_period=0,
-        sample_every=num_steps, sample_images=4, sample_steps=4,  # one grid, at the last step
+        batch_size=8, num_steps=RUNLOCAL_STEPS, log_every=1,
+        checkpoint_every=RUNLOCAL_CHECKPOINT_EVERY, keep_period=0,
+        sample_every=RUNLOCAL_STEPS, sample_images=4, sample_steps=4,  # one grid, at the last step
     )
     config.eval.update(num_samples=8, batch_size=8, grid_images=8)
     if config.eval.sweep_steps:
