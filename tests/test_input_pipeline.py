@@ -327,6 +327,31 @@ def test_eval_yields_every_example_once_with_mask(digits_config):
     assert sum(int(b["mask"].sum()) for b in first_100) == 50
 
 
+def test_data_autotune_reaches_every_pipeline_and_changes_no_batch(digits_config, monkeypatch):
+    """data.autotune turns tf.data's autotuner on or off where the pipelines read (runlocal turns
+    it off: see data_config's autotune), and the batches stay the same."""
+    read, enabled = records.read, []
+
+    def recording_read(*args, **kwargs):
+        ds = read(*args, **kwargs)
+        enabled.append(ds.options().autotune.enabled)
+        return ds
+
+    monkeypatch.setattr(records, "read", recording_read)
+    batches = {}
+    for autotune in (True, False):
+        config = digits_config.copy_and_resolve_references()
+        config.train_split, config.autotune = "train[:64]", autotune
+        train = input_pipeline.create_train_iterator(config, global_batch_size=16, seed=7)
+        evaluation = input_pipeline.create_eval_iterator(
+            config, global_batch_size=16, num_examples=40
+        )
+        batches[autotune] = [next(train) for _ in range(6)] + list(evaluation)  # 2 epochs
+        assert enabled == [autotune] * 3, enabled  # each training epoch, and the eval
+        enabled.clear()
+    _assert_same_batches(batches[False], batches[True])
+
+
 def test_batches_assemble_into_a_global_array(digits_config):
     iterator = input_pipeline.create_train_iterator(digits_config, global_batch_size=16, seed=0)
     batch = next(iterator)  # one process: the local batch is the global batch

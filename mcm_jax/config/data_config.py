@@ -60,6 +60,10 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
       random_flip: random horizontal flips in training (natural images only).
       prefetch: batches tf.data prepares ahead.
       num_parallel_calls: decode and preprocess parallelism; -1 is tf.data.AUTOTUNE.
+      autotune: tf.data's autotuner, which tunes the AUTOTUNE parallelism and buffers as the
+        run reads; off, AUTOTUNE is min(16, cores). runlocal turns it off: TensorFlow 2.21 holds
+        an iterator's teardown until the autotuner's next wake-up, which comes later the longer
+        the iterator has run (up to a minute), so a smoke test's end could wait 40 s for it.
       class_conditional: True: the model takes the data set's labels; False: an unconditional
         model (labels are read but not used; no guidance). captions has no classes: its
         batches carry label 0, the null label, and the text conditions the model.
@@ -82,6 +86,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     config.prefetch = 2
     config.class_conditional = True
     config.num_parallel_calls = -1
+    config.autotune = True
     config.synthetic = False
     if spec.captioned:
         config.text_length = 128

@@ -114,6 +114,7 @@ def runlocal(config: ml_collections.ConfigDict, *, tiny: bool = True) -> ml_coll
             middle_dropout=m.middle_dropout,
         )
     config.data.shuffle_buffer = 64
+    config.data.autotune = False  # its teardown would hold the run's end (data_config)
     if data_config.dataset_spec(config.data.name).captioned:
         config.data.text_width = RUNLOCAL_TEXT_WIDTH
     config.mesh.update(data=-1, fsdp=1)

@@ -313,7 +313,10 @@ class TrainIterator:
         file_seed, buffer_seed, flip_seed = map(
             int, np.random.SeedSequence(entropy).generate_state(3)
         )
-        ds = records.read(self._builder, self._split, shuffle_seed=file_seed, spec=self._spec)
+        ds = records.read(
+            self._builder, self._split, shuffle_seed=file_seed, spec=self._spec,
+            autotune=self._config.autotune,
+        )
         ds = ds.shuffle(
             self._config.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
         )
@@ -474,7 +477,10 @@ def create_eval_iterator(
     reading = dict(images=images, with_captions=spec.captioned)
     decode = records.decoder(builder, data_config, spec, **reading)
     share_split = tfds.even_splits(split, process_count)[process_index]
-    ds = records.read(builder, share_split, shuffle_seed=None, spec=spec, **reading)
+    ds = records.read(
+        builder, share_split, shuffle_seed=None, spec=spec, autotune=data_config.autotune,
+        **reading,
+    )
     ds = ds.map(
         lambda record: {**decode(record), "mask": True},
         num_parallel_calls=data_config.num_parallel_calls,
@@ -483,5 +489,5 @@ def create_eval_iterator(
     pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
     ds = ds.batch(local_batch_size).prefetch(data_config.prefetch)
-    ds = ds.with_options(records.read_options())
+    ds = ds.with_options(records.read_options(autotune=data_config.autotune))
     return records.numpy_batches(ds, builder, share_split, how_to_prepare(builder, data_config))

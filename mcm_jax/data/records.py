@@ -20,9 +20,11 @@ from mcm_jax.data import captions
 from mcm_jax.data.adm_preprocessing import center_crop_adm, decode_like_pil
 
 
-def read_options() -> tf.data.Options:
+def read_options(*, autotune: bool) -> tf.data.Options:
+    """Deterministic order; tf.data's autotuner on or off (data.autotune)."""
     options = tf.data.Options()
     options.deterministic = True
+    options.autotune.enabled = autotune
     return options
 
 
@@ -34,11 +36,12 @@ def read(
     spec: DatasetSpec,
     images: bool = True,
     with_captions: bool = False,
+    autotune: bool,
 ) -> tf.data.Dataset:
     """The records of a split as dicts of the features read (images still encoded), in file
     order or a seeded file order."""
     read_config = tfds.ReadConfig(
-        shuffle_seed=shuffle_seed, options=read_options(), try_autocache=False
+        shuffle_seed=shuffle_seed, options=read_options(autotune=autotune), try_autocache=False
     )
     has_image = captions.has_images(builder)
     ds = builder.as_dataset(

@@ -56,6 +56,7 @@ class PromptSet:
         return records.read(
             self._builder, self._data.eval_split, shuffle_seed=None,
             spec=dataset_spec("captions"), images=False, with_captions=with_captions,
+            autotune=self._data.autotune,
         )
 
     def __len__(self) -> int:
