@@ -186,6 +186,7 @@ def test_runlocal_keeps_the_experiment_on_the_tiny_network():
     assert local.data.resolution == real.data.resolution == 512
     assert local.model.name == "tiny" and local.model.level_dropout == real.model.level_dropout
     assert real.data.autotune and not local.data.autotune  # a smoke test's end is not held
+    assert not presets.digits_diffusion().data.autotune
     # The 64 px transformer level would attend over 4096 positions: a ResNet level on a laptop.
     assert real.model.level_kinds == (RESNET, RESNET, RESNET, TRANSFORMER)
     assert local.model.level_kinds == (RESNET,) * 4

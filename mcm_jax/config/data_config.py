@@ -61,9 +61,11 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
       prefetch: batches tf.data prepares ahead.
       num_parallel_calls: decode and preprocess parallelism; -1 is tf.data.AUTOTUNE.
       autotune: tf.data's autotuner, which tunes the AUTOTUNE parallelism and buffers as the
-        run reads; off, AUTOTUNE is min(16, cores). runlocal turns it off: TensorFlow 2.21 holds
-        an iterator's teardown until the autotuner's next wake-up, which comes later the longer
-        the iterator has run (up to a minute), so a smoke test's end could wait 40 s for it.
+        run reads; off, AUTOTUNE is min(16, cores). TensorFlow 2.21 holds an iterator's
+        teardown until the autotuner's next wake-up, which comes later the longer the iterator
+        has run (up to a minute): a smoke test's end waited up to 40 s, and the digits
+        experiments, dozens of runs in one process, waited after each. So runlocal and digits
+        (16 px arrays, nothing to tune) turn it off; the other data sets keep it.
       class_conditional: True: the model takes the data set's labels; False: an unconditional
         model (labels are read but not used; no guidance). captions has no classes: its
         batches carry label 0, the null label, and the text conditions the model.
@@ -86,7 +88,7 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     config.prefetch = 2
     config.class_conditional = True
     config.num_parallel_calls = -1
-    config.autotune = True
+    config.autotune = name != "digits"
     config.synthetic = False
     if spec.captioned:
         config.text_length = 128
