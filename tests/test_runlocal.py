@@ -197,6 +197,21 @@ def test_runlocal_keeps_the_experiment_on_the_tiny_network():
     assert guided.mcm.guidance_weight == presets.IMAGENET128_GUIDANCE_WEIGHT
 
 
+@pytest.mark.slow
+def test_two_eval_jobs_writing_the_clip_leave_one_whole_clip(tmp_path):
+    """The first eval job of a runlocal text-to-image workdir writes the tiny CLIP aside and
+    renames it into place; a second job that finds it there already keeps the first's."""
+    def files():
+        clip = tmp_path / runlocal.CLIP_DIR
+        return {str(p.relative_to(clip)): p.read_bytes() for p in clip.rglob("*") if p.is_file()}
+
+    runlocal.write_clip(str(tmp_path))
+    first = files()
+    runlocal.write_clip(str(tmp_path))  # as a job that started before the first one renamed
+    assert [p.name for p in tmp_path.iterdir()] == [runlocal.CLIP_DIR]  # no staging left
+    assert first and files() == first
+
+
 def test_a_real_run_never_uses_synthetic_data():
     config = presets.cifar10_diffusion()
     runlocal.prepare(config, "/nonexistent", "train")  # not runlocal: nothing is touched
