@@ -149,8 +149,8 @@ def digits_data_dir(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: end-to-end runs in subprocesses and tests of 30 s or more (deselect with "
-        "-m 'not slow')"
+        "markers", "slow: end-to-end runs in subprocesses and tests of 2.4 s or more on an empty "
+        "compilation cache (deselect with -m 'not slow', the inner loop)"
     )
     config.addinivalue_line(
         "markers", "multiprocess: several processes over jax.distributed and gloo (also slow)"

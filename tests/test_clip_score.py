@@ -66,6 +66,7 @@ def test_tiny_preset_round_trip(tiny_dir, scorer, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_score_equals_the_backbone_clip_head(tiny_dir, scorer):
     _, keras_hub = clip_score.import_keras()
     backbone = keras_hub.models.CLIPBackbone.from_preset(tiny_dir)
@@ -83,6 +84,7 @@ def test_score_equals_the_backbone_clip_head(tiny_dir, scorer):
     assert clip_score.mean_clip_score(actual) == pytest.approx(expected.mean(), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_batching_or_padding(tiny_dir, scorer):
     images, captions = _images(7), CAPTIONS
     padded = scorer.scores(images, captions)  # batches of 3, 3 and 1 padded with 2
@@ -247,6 +249,7 @@ def test_bad_inputs_fail_clearly(tiny_dir, scorer, tmp_path):
         clip_score.mean_clip_score(np.zeros(0))
 
 
+@pytest.mark.slow
 def test_backend_checks_and_a_keras_free_core():
     """In a fresh process: the metrics import no keras; another backend fails clearly."""
     script = textwrap.dedent(
@@ -278,6 +281,7 @@ def test_backend_checks_and_a_keras_free_core():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_scores_without_tensorflow(tmp_path):
     """In a fresh process where TensorFlow and tensorflow-text cannot be imported."""
     script = textwrap.dedent(

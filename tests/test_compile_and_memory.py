@@ -24,6 +24,7 @@ def _digits_cd(fsdp: int, devices: int):
     return config
 
 
+@pytest.mark.slow
 def test_compile_bench_times_the_step_of_abstract_inputs_and_xla_holds_the_estimated_state():
     """On a 2 x 4 data x fsdp mesh of the fake CPU devices: XLA's per-device argument bytes of
     the compiled train step (state, teacher, batch) are mcm_jax.train.memory's state bytes."""
@@ -44,6 +45,7 @@ def test_compile_bench_times_the_step_of_abstract_inputs_and_xla_holds_the_estim
     assert xla["aliased"] == state.total - state.teacher + 8
 
 
+@pytest.mark.slow
 def test_plan_finds_the_fewest_chips_that_hold_the_run():
     config = presets.digits_mcm("steps=2,method=cd,model=tiny")
     config.training.batch_size = 64

@@ -74,6 +74,7 @@ def test_folder_source(tmp_path, tiny_encoder_dir, tiny_encoder):
     assert stored[1] == (folder / "00000" / "000000001.jpg").read_bytes()  # JPEG kept as given
 
 
+@pytest.mark.slow
 def test_tar_source_and_a_second_split(tmp_path, tiny_encoder_dir, tiny_encoder):
     """WebDataset shards as img2dataset writes them; a second run adds a split to the same --out."""
     shards = []

@@ -43,6 +43,7 @@ def teacher_dir(tmp_path_factory, digits_data_dir):
     return workdir
 
 
+@pytest.mark.slow
 def test_digits_classifier_is_accurate_and_cached(digits_data_dir, monkeypatch):
     classifier = digits_classifier.load_or_train(str(digits_data_dir), 16)
     print(f"digits classifier test accuracy {classifier.test_accuracy:.4f}")

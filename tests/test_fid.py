@@ -128,6 +128,7 @@ def test_streamed_statistics_equal_numpy_mean_and_cov():
 # --- Parity with pytorch-fid ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resolution", RESOLUTIONS)
 def test_features_match_pytorch_fid(params, fixture_arrays, resolution):
     actual = fid.features(params, fixture_arrays[f"images_{resolution}"], precision="highest")
@@ -143,6 +144,7 @@ def _error_relative_to_scale(actual, expected):
     return np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_bf16_3x_features_match_pytorch_fid_within_1e3(params, fixture_arrays):
     """Three bfloat16 products per multiply (the GPU's FID path) keep features within 1e-3 of
     pytorch-fid's float32 CPU features (measured: 6e-6 of their scale), where bfloat16 weights
@@ -187,6 +189,7 @@ def test_resize_matches_torch_interpolate(fixture_arrays, case):
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_features_match_single_device(params, fixture_arrays):
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "replica"))
     features_on_mesh = fid.make_sharded_features(mesh, data_axes="data")

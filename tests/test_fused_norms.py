@@ -77,6 +77,7 @@ def _f32(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", USES)
 def test_fused_norm_equals_flax_in_float32(use):
     layer, params, inputs, cotangent = _layer(use, True, jnp.float32)
@@ -90,6 +91,7 @@ def test_fused_norm_equals_flax_in_float32(use):
         np.testing.assert_allclose(got, want, rtol=0, atol=F32_TOLERANCE * np.abs(want).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", USES)
 def test_fused_norm_in_bf16_is_within_one_bf16_rounding_of_the_exact_value(use):
     """bf16 inputs: the fused layer computes in float32 and rounds once, so its output and input

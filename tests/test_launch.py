@@ -338,6 +338,7 @@ def _fake_bin(tmp_path, endpoints: str):
     return {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "endpoints,expected",
     [

@@ -89,6 +89,7 @@ def test_ct_with_one_teacher_step_per_segment_is_the_diffusion_loss():
     np.testing.assert_allclose(ct, v_loss, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reference_uses_the_same_dropout_mask_and_no_gradient():
     batch = 32
     x, eps = jax.random.normal(jax.random.PRNGKey(4), (2, batch, 5))

@@ -85,6 +85,7 @@ def forward(resolution: int, train: bool, **overrides):
     )
 
 
+@pytest.mark.slow
 def test_init_holds_float32_params_only_and_a_zero_head():
     model = build(tiny(dtype="bfloat16"), **IO)
     key = jax.random.key(0, impl="rbg")  # compiles ~2.5x faster on CPU than threefry
@@ -149,6 +150,7 @@ def test_bfloat16_compute_agrees_with_float32():
     assert np.linalg.norm(half - full) < 0.03 * np.linalg.norm(full)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients():
     """With dropout on, so the rematerialised blocks must also redraw the same masks."""
     z, logsnr, label = inputs(8)

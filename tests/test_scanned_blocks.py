@@ -67,6 +67,7 @@ def _apply(model):
     return apply
 
 
+@pytest.mark.slow
 def test_scanned_network_computes_the_unrolled_function_with_the_same_weights():
     unrolled, scanned = build(_tiny(False), **IO), build(_tiny(True), **IO)
     params = _random_params(unrolled)
@@ -93,6 +94,7 @@ def test_scanned_network_computes_the_unrolled_function_with_the_same_weights():
         )
 
 
+@pytest.mark.slow
 def test_every_scanned_block_draws_its_own_dropout_mask_and_the_same_key_the_same_masks():
     """The two network calls of the consistency loss share a dropout key and must drop the same
     units; within one call, each block of a scan must draw its own mask (split_rngs)."""
@@ -140,6 +142,7 @@ def test_every_scanned_block_draws_its_own_dropout_mask_and_the_same_key_the_sam
     assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(first, other))
 
 
+@pytest.mark.slow
 def test_stacked_parameters_are_sharded_like_one_block_on_a_4x2_mesh():
     mesh = sharding.create_mesh(data=4, fsdp=2)
     unrolled, scanned = build(_tiny(False), **IO), build(_tiny(True), **IO)

@@ -135,6 +135,7 @@ def _paper_cd_small():
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_config",
     [
@@ -284,6 +285,7 @@ def _run_guarded(monkeypatch, tmp_path, data_dir):
     return _GuardedTrainer.guarded_steps
 
 
+@pytest.mark.slow
 def test_training_loop_syncs_with_the_host_only_on_log_and_checkpoint_steps(
     monkeypatch, tmp_path, digits_data_dir
 ):
@@ -291,6 +293,7 @@ def test_training_loop_syncs_with_the_host_only_on_log_and_checkpoint_steps(
     assert guarded == [2, 3, 5, 7]  # 1 first, 4 and 8 log, 6 checkpoint, 9 last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "read",
     [

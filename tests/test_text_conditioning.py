@@ -161,6 +161,7 @@ def _prune(tree):
     }
 
 
+@pytest.mark.slow
 def test_text_only_model_jits_and_differentiates():
     model = text_model(num_classes=0)
     params = text_params(model)

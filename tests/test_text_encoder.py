@@ -109,6 +109,7 @@ def test_max_length_below_one_is_refused(tiny_encoder_dir):
         text_encoder.TextEncoder.from_dir(tiny_encoder_dir, max_length=0)
 
 
+@pytest.mark.slow
 def test_keras_on_another_backend_is_refused(tmp_path):
     code = (
         "import os; os.environ['KERAS_BACKEND'] = 'numpy'; import keras\n"

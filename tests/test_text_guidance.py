@@ -48,6 +48,7 @@ def test_dropout_drops_label_and_prompt_together_per_example():
         conditioning.drop(jax.random.PRNGKey(0), cond, 1.0, NULL)
 
 
+@pytest.mark.slow
 def test_diffusion_loss_drops_prompts_at_the_label_dropout_rate():
     """The teacher's loss on a text batch is the loss at the conditions `conditioning.drop` gives."""
     model = text_model()
@@ -78,6 +79,7 @@ def _teacher():
     return model, losses.Teacher(losses.make_model_fn(model.apply, SCHEDULE), text_params(model)["params"])
 
 
+@pytest.mark.slow
 def test_guided_teacher_uses_the_empty_prompt_as_its_unconditional_half():
     model, teacher = _teacher()
     cond = _text_cond(4)
@@ -100,6 +102,7 @@ def test_guided_teacher_uses_the_empty_prompt_as_its_unconditional_half():
     np.testing.assert_allclose(guided(z, t), x_teacher, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_x_var_under_guidance_comes_from_the_conditional_output():
     """aDDIM's x_var in CD is xvar_frac·‖x_cond − x‖²/d, not that of the guided prediction."""
     model, teacher = _teacher()
@@ -138,6 +141,7 @@ def test_x_var_under_guidance_comes_from_the_conditional_output():
     assert np.max(np.abs(from_cond - from_guided) / from_cond) > 1e-4  # the choice shows
 
 
+@pytest.mark.slow
 def test_padding_values_change_no_loss():
     """Embeddings at padded positions reach neither the teacher, the student nor the loss."""
     model, teacher = _teacher()

@@ -84,6 +84,7 @@ def test_teacher_and_guided_student_train_and_evaluate_with_prompts(
     assert json.loads((setting / "metrics.json").read_text())["clip_score"] == row["clip_score"]
 
 
+@pytest.mark.slow
 def test_t2i_configs_are_the_papers_settings_and_report_size_and_cost():
     teacher = presets.t2i_diffusion()
     assert teacher.data.name == "captions" and teacher.data.resolution == 512

@@ -85,6 +85,7 @@ def test_sharded_step_matches_one_device(objective, method):
         assert int(state.step) == 2 and int(state.nonfinite_step) == -1
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_recorded_and_skipped():
     config = _config("diffusion")
     trainer = train.Trainer(RunSetup.create(config, devices=jax.devices()[:1]))
@@ -99,6 +100,7 @@ def test_nonfinite_step_is_recorded_and_skipped():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["diffusion", "mcm"])
 def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatch):
     """Every grid of a run calls one jitted eval-job sampler (compiled once, for 8 devices even
@@ -124,6 +126,7 @@ def test_sample_grids_reuse_the_eval_sampler_compiled_once(objective, monkeypatc
     np.testing.assert_array_equal(first, images.to_uint8(np.asarray(eval_batch)[:4]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["diffusion", "mcm"])
 def test_an_unconditional_model_ignores_the_labels(objective):
     """data.class_conditional=False: only the null label's embedding, and labels change nothing."""
