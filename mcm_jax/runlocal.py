@@ -95,6 +95,11 @@ def _prepare_captions(config: ml_collections.ConfigDict, workdir: str, mode: str
             raise ValueError("runlocal: synthetic caption data is made by a one-process run")
         write_synthetic_captions(str(root), config)
     if mode == "eval" and (root / COMPLETE).exists() and not (root / CLIP_DIR).exists():
+        if "://" in os.fspath(root):
+            raise ValueError(
+                f"runlocal: {root} has no tiny CLIP yet, and the first eval job writes it only "
+                "into a local directory; run this eval once on a local copy of the workdir"
+            )
         write_clip(str(root))
     logging.warning(
         "runlocal: no caption data in data.data_dir=%s, so this smoke test trains on %d "

@@ -150,9 +150,11 @@ def test_allowed_changes_on_resume_are_recorded():
     new = _config()
     new.training.num_steps, new.mesh.fsdp, new.seed = 50, 2, 1
     new.training.batch_size = 32
+    new.data.autotune = not new.data.autotune  # how fast the data is read, not which data
     forbidden, allowed = resume_config.config_changes(saved, new)
     assert forbidden == {"seed": (0, 1)}
     assert allowed == {
+        "data.autotune": (saved["data"]["autotune"], new.data.autotune),
         "mesh.fsdp": (1, 2), "training.batch_size": (16, 32),
         "training.num_steps": (saved["training"]["num_steps"], 50),
     }

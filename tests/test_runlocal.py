@@ -212,6 +212,15 @@ def test_two_eval_jobs_writing_the_clip_leave_one_whole_clip(tmp_path):
     assert first and files() == first
 
 
+def test_an_eval_that_would_write_the_clip_on_gs_says_so_in_one_line(gcs_dir):
+    """A runlocal text-to-image workdir copied to gs:// before its first eval: the CLIP is written
+    only into a local directory, and the eval says so instead of failing inside tempfile."""
+    (gcs_dir / runlocal.RUNLOCAL_DIR).mkdir(parents=True)
+    (gcs_dir / runlocal.RUNLOCAL_DIR / runlocal.COMPLETE).write_text("")
+    with pytest.raises(ValueError, match=r"runlocal: gs://.* has no tiny CLIP yet.* local copy"):
+        runlocal.prepare(presets.t2i_diffusion("runlocal"), str(gcs_dir), "eval")
+
+
 def test_a_real_run_never_uses_synthetic_data():
     config = presets.cifar10_diffusion()
     runlocal.prepare(config, "/nonexistent", "train")  # not runlocal: nothing is touched

@@ -32,7 +32,7 @@ RESUMABLE = (
     "training.sample_steps", "training.batch_size", "training.profile_steps",
     "mesh.", "model.dtype", "model.attention_impl", "model.remat", "model.scan_blocks",
     "model.fused_norms", "model.split_skip_dense",
-    "data.data_dir", "data.num_parallel_calls", "data.prefetch",
+    "data.data_dir", "data.num_parallel_calls", "data.prefetch", "data.autotune",
     "peak_tflops_per_device", "compilation_cache_dir", "eval.",
 )
 
