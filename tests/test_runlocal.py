@@ -212,6 +212,7 @@ def test_two_eval_jobs_writing_the_clip_leave_one_whole_clip(tmp_path):
     assert first and files() == first
 
 
+@pytest.mark.slow
 def test_an_eval_that_would_write_the_clip_on_gs_says_so_in_one_line(gcs_dir):
     """A runlocal text-to-image workdir copied to gs:// before its first eval: the CLIP is written
     only into a local directory, and the eval says so instead of failing inside tempfile."""
